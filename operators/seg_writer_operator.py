@@ -1,0 +1,31 @@
+"""Write step: the FRACTIONAL SEG of CARE and Grad-CAM (:func:`operators.seg.build_seg`), for
+assessable volumes only."""
+
+from __future__ import annotations
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from operators.equipment import AlgorithmInfo
+from operators.steps import build_output
+
+
+class SEGWriterOperator(Operator):
+    """Input ``job`` -> output ``dataset``: the FRACTIONAL Segmentation, or ``None``.
+
+    The Dataset is also kept in ``job.outputs["seg"]``; the results writer saves it.
+
+    Args:
+        fragment: the application.
+        info: algorithm and application identity for the equipment attributes.
+    """
+
+    def __init__(self, fragment: Fragment, *args, info: AlgorithmInfo, **kwargs) -> None:
+        self.info = info  # before super().__init__, which calls setup()
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("job")
+        spec.output("dataset")
+
+    def compute(self, op_input, op_output, context) -> None:
+        op_output.emit(build_output(op_input.receive("job"), "seg", self.info), "dataset")
