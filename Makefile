@@ -8,7 +8,7 @@ SAMPLE := sample_study
 OUTPUT := output
 BUNDLE := model/bundles/aicnet3d_demo
 # Holoscan wants a 32 MiB stack; raising it here keeps its warning out of every run.
-RUN := ulimit -s 32768 2>/dev/null; HOLOSCAN_LOG_LEVEL=WARN
+RUN := ulimit -s 32768 2>/dev/null; HOLOSCAN_LOG_LEVEL=WARN OMP_WAIT_POLICY=PASSIVE
 
 .PHONY: demo test lint venv dev-venv demo-model evaluate bench map clean
 
@@ -30,7 +30,6 @@ demo: $(VENV)/.runtime
 	rm -rf $(SAMPLE) $(OUTPUT)
 	$(RUN) $(PY) -m monai_app.sample_study $(SAMPLE)
 	$(RUN) $(PY) -m monai_app -i $(SAMPLE) -o $(OUTPUT)
-	@$(PY) -m monai_app.summary $(OUTPUT)
 
 test: $(VENV)/.dev
 	$(PY) -m ruff check .
