@@ -7,8 +7,9 @@ defaults to the bundled demo model ``model/bundles/aicnet3d_demo``.
 
 Before importing the SDK and torch (seconds), the input is searched for OCT volumes and the model
 bundle is located: if either is missing, the program prints one line on stderr and exits with
-status 2, having written nothing. Otherwise the app runs and a summary table is printed; the exit
-status is 0 when at least one volume was processed.
+status 2, having written nothing. Otherwise the app runs and a summary table is printed (with
+the files skipped and why, also listed under ``skipped`` in results.json); the exit status is 0
+when at least one volume was processed.
 
 Run-time chores handled here: holoscan wants a 32 MiB stack (it warns otherwise), so a lower soft
 limit is raised and the interpreter re-executed once; holoscan's C++ log defaults to errors only
@@ -87,8 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _summary(results: list[dict[str, Any]], output: Path) -> str:
-    """A short table of the results, one line per volume."""
+def _summary(
+    results: list[dict[str, Any]], output: Path, skipped: Sequence[dict[str, str]] = ()
+) -> str:
+    """A short table of the results, one line per volume, then the files skipped."""
     width = max([len(str(r.get("source_file"))) for r in results] + [4])
     lines = [f"{'file':<{width}}  eye  {'result':<15}  P(glaucoma)"]
     for entry in results:
@@ -98,6 +101,9 @@ def _summary(results: list[dict[str, Any]], output: Path) -> str:
         else:
             result = f"not assessable: {entry.get('reason')}"
         lines.append(f"{entry.get('source_file'):<{width}}  {eye:<3}  {result}")
+    if skipped:
+        lines.append(f"Skipped {len(skipped)} file(s):")
+        lines += [f"  {item['source_file']}: {item['reason']}" for item in skipped]
     lines.append(
         f"Outputs in {output}: results.json and one folder per volume (SOPInstanceUID) "
         "with sr.dcm, seg.dcm, report.dcm"
@@ -117,10 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     from operators.bundle_path import resolve_bundle
-    from operators.dicom_input import NoOCTInputError, require_oct_files
+    from operators.dicom_input import NoOCTInputError, require_oct_input
 
     try:
-        files = require_oct_files(args.input)
+        scan = require_oct_input(args.input)
         bundle = resolve_bundle(args.model)
     except (NoOCTInputError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -130,8 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", message="Current stack size", category=RuntimeWarning)
     from monai_app.app import OCTGlaucomaApp
+    from operators.steps import add_skipped_to_results
 
-    app = OCTGlaucomaApp([sys.executable, "monai_app", *argv], model_path=bundle, files=files)
+    app = OCTGlaucomaApp([sys.executable, "monai_app", *argv], model_path=bundle, files=scan.files)
     try:
         app.run()
     except Exception as exc:  # holoscan re-raises operator errors after logging them
@@ -140,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not app.results:
         print("error: no volume was processed", file=sys.stderr)
         return 1
-    print(_summary(app.results, Path(args.output)))
+    skipped = scan.skipped_entries()
+    add_skipped_to_results(args.output, skipped)
+    print(_summary(app.results, Path(args.output), skipped))
     return 0
 
 

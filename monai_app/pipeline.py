@@ -7,7 +7,9 @@
   loop, without holoscan: same files, same entries. Tests and benchmarks use it.
 
 Both raise :class:`operators.dicom_input.NoOCTInputError` when the input holds no OCT volume,
-and then write nothing (the output folder is not even created).
+and then write nothing (the output folder is not even created). The input files that are not
+processed (not DICOM, another SOP class, a duplicate, a link out of the folder) are listed with
+their reasons under ``skipped`` in results.json.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from operators.bundle_path import resolve_bundle
-from operators.dicom_input import NoOCTInputError, require_oct_files
+from operators.dicom_input import NoOCTInputError, require_oct_input
 
 __all__ = [
     "NoOCTInputError",
@@ -78,19 +80,21 @@ def process_folder(
         NoOCTInputError: no OCT volume in the input; nothing written.
         operators.bundle_path.BundleNotFoundError: no model bundle at ``model_path``.
     """
-    files = require_oct_files(input_dir)
+    scan = require_oct_input(input_dir)
     bundle = resolve_bundle(model_path)
     _quiet_holoscan()
     from monai_app.app import OCTGlaucomaApp  # holoscan, torch, MONAI: seconds, once
+    from operators.steps import add_skipped_to_results
 
     app = OCTGlaucomaApp(
         ["python", "monai_app"],  # holoscan drops the interpreter; no SDK flags are parsed
         input_path=input_dir,
         output_path=output_dir,
         model_path=bundle,
-        files=files,
+        files=scan.files,
     )
     app.run()
+    add_skipped_to_results(output_dir, scan.skipped_entries())
     return app.results
 
 
@@ -98,7 +102,7 @@ def process_folder_direct(
     input_dir: str | Path, output_dir: str | Path, model_path: str | Path | None = None
 ) -> list[dict[str, Any]]:
     """The same steps and outputs as :func:`process_folder`, in a plain Python loop (no graph)."""
-    files = require_oct_files(input_dir)
+    scan = require_oct_input(input_dir)
     bundle = resolve_bundle(model_path)
     from operators.equipment import AlgorithmInfo
     from operators.steps import (
@@ -114,10 +118,10 @@ def process_folder_direct(
     predictor = load_model(bundle)
     warm_up()
     info = AlgorithmInfo.from_metadata(predictor.metadata)
-    root = Path(input_dir) if Path(input_dir).is_dir() else Path(input_dir).parent
+    skipped = scan.skipped_entries()
     entries = []
-    for index, path in enumerate(files, start=1):
-        job = VolumeJob(path=path, index=index, total=len(files), input_root=root)
+    for index, path in enumerate(scan.files, start=1):
+        job = VolumeJob(path=path, index=index, total=len(scan.files), input_root=scan.root)
         entries.append(process_job(job, predictor, info, output_dir))
-        write_results_json(entries, output_dir, info)
+        write_results_json(entries, output_dir, info, skipped)
     return entries

@@ -121,3 +121,94 @@ def output_series_number(source_series_number: Any, kind: str) -> int:
         base = 99
     number = 100 * base + offset
     return number if 0 < number < 2**31 else 9900 + offset
+
+
+def output_character_set(source: Any) -> str | list[str] | None:
+    """SpecificCharacterSet (0008,0005) for an output of ``source``, in a form highdicom takes.
+
+    The source's own value, except that an empty first value of a code-extension list (the
+    default repertoire, as in the usual Japanese ``\\ISO 2022 IR 87``) is spelled out as
+    ``ISO 2022 IR 6`` (PS3.3 C.12.1.1.2), and a value highdicom does not know becomes
+    ``ISO_IR 192`` (UTF-8): pydicom has decoded the source's text, and UTF-8 encodes all of it,
+    so the patient's name is carried over unchanged either way. A source without the attribute
+    gets ``None`` (the default repertoire), unless a patient or study value is not ASCII (a
+    non-conformant source; pydicom decoded it as Latin-1): then ``ISO_IR 192`` too.
+    """
+    from highdicom.enum import SpecificCharacterSetValues  # not needed by the callers' callers
+
+    value = source.get("SpecificCharacterSet")
+    if not value:
+        texts = (str(source.get(keyword, "") or "") for keyword in PATIENT_STUDY_KEYWORDS)
+        return None if all(text.isascii() for text in texts) else "ISO_IR 192"
+    values = [str(v).strip() for v in ([value] if isinstance(value, str) else value)]
+    if len(values) > 1 and not values[0]:
+        values[0] = "ISO 2022 IR 6"
+    try:
+        for item in values:
+            SpecificCharacterSetValues(item)
+    except ValueError:
+        return "ISO_IR 192"
+    return values[0] if len(values) == 1 else values
+
+
+# --- the source's patient and study, for highdicom --------------------------------------------
+
+PATIENT_STUDY_KEYWORDS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+"""Patient and General Study attributes (PS3.3 C.7.1.1, C.7.2.1) every output copies; Type 2 in
+the source, so present in the output even when empty."""
+
+
+def tolerant_source(source: Any) -> Any:
+    """A view of ``source`` that highdicom accepts whatever the source's patient and study values.
+
+    highdicom reads these attributes from its source image and converts them, so a missing Type 2
+    attribute, a date written ``1960-01-01`` or a sex written ``female`` (all seen in vendor
+    exports) would cost the volume its SR and SEG. In the view, which shares every other element
+    with the source, such values are empty; :func:`restore_patient_study` then puts the source's
+    values, exactly as they are, on the output, so that it carries the identity of its volume.
+    """
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+    from pydicom.valuerep import DA, TM
+
+    view = Dataset({tag: source.get_item(tag, keep_deferred=True) for tag in source.keys()})
+    meta = getattr(source, "file_meta", None)
+    if meta is not None:
+        view.file_meta = meta
+    for keyword in PATIENT_STUDY_KEYWORDS:
+        try:
+            value = source.get(keyword)
+            if keyword in ("PatientBirthDate", "StudyDate"):
+                value = DA(value) if value else None
+            elif keyword == "StudyTime":
+                value = TM(value) if value else None
+            elif keyword == "PatientSex" and value not in ("M", "F", "O"):
+                value = None
+        except Exception:  # malformed: the view has it empty, the output gets it back as is
+            value = None
+        # A new element, not ``setattr``: that would change the element the source shares.
+        tag = tag_for_keyword(keyword)
+        view[tag] = DataElement(tag, dictionary_VR(tag), value if value is not None else "")
+    return view
+
+
+def restore_patient_study(output: Any, source: Any) -> None:
+    """Copy the source's patient and study values onto ``output`` unchanged (see
+    :func:`tolerant_source`); attributes the source lacks stay as highdicom wrote them."""
+    from pydicom.dataelem import DataElement
+
+    for keyword in PATIENT_STUDY_KEYWORDS:
+        if keyword in source:
+            element = source[keyword]
+            output[element.tag] = DataElement(element.tag, element.VR, element.value)

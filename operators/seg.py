@@ -21,7 +21,13 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
-from operators.equipment import AlgorithmInfo, output_series_number
+from operators.equipment import (
+    AlgorithmInfo,
+    output_character_set,
+    output_series_number,
+    restore_patient_study,
+    tolerant_source,
+)
 from operators.oct_volume import OCTVolume
 
 VISUAL_EXPLANATION = Code("130401", "DCM", "Visual explanation")
@@ -107,8 +113,8 @@ def build_seg(
             zip(SEGMENT_LABELS, (SALIENCY, GRADCAM), _COLOURS, strict=True), start=1
         )
     ]
-    return hd.seg.Segmentation(
-        source_images=[source],
+    seg = hd.seg.Segmentation(
+        source_images=[tolerant_source(source)],
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
         segment_descriptions=descriptions,
@@ -122,5 +128,8 @@ def build_seg(
         content_description="CARE and Grad-CAM heat-maps of the glaucoma classifier",
         series_description=SERIES_DESCRIPTION,
         transfer_syntax_uid=ExplicitVRLittleEndian,
+        specific_character_set=output_character_set(source),
         **info.equipment(),
     )
+    restore_patient_study(seg, source)
+    return seg

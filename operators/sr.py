@@ -28,7 +28,13 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
-from operators.equipment import AlgorithmInfo, output_series_number
+from operators.equipment import (
+    AlgorithmInfo,
+    output_character_set,
+    output_series_number,
+    restore_patient_study,
+    tolerant_source,
+)
 from operators.oct_volume import OCTVolume
 
 GLAUCOMA = Code("23986001", "SCT", "Glaucoma")
@@ -78,8 +84,8 @@ def build_sr(
         title=codes.cid7021.ImagingMeasurementReport,
     )
     now = datetime.datetime.now()
-    return hd.sr.Comprehensive3DSR(
-        evidence=[dataset],
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[tolerant_source(dataset)],
         content=report[0],
         series_instance_uid=series_instance_uid or info.output_uid(source_uid, "sr", "series"),
         series_number=output_series_number(dataset.get("SeriesNumber"), "sr"),
@@ -92,8 +98,11 @@ def build_sr(
         content_date=now.date(),
         content_time=now.time(),
         transfer_syntax_uid=ExplicitVRLittleEndian,
+        specific_character_set=output_character_set(dataset),
         **info.equipment(),
     )
+    restore_patient_study(sr, dataset)
+    return sr
 
 
 def _laterality(source: OCTVolume | Dataset) -> str | None:
