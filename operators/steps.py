@@ -13,23 +13,35 @@ only for assessable volumes), plus ``<output>/results.json`` with one entry per 
 from __future__ import annotations
 
 import functools
+import gc
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
 
 from model.predictor import GLAUCOMA_LABEL, NORMAL_LABEL, Prediction, Predictor, load_predictor
+from operators.dicom_input import OUT_OF_FOLDER, is_inside
 from operators.equipment import OUTPUT_KINDS, AlgorithmInfo
-from operators.oct_volume import OCTVolume, OCTVolumeError, read_oct_volume
+from operators.oct_volume import (
+    OCTVolume,
+    OCTVolumeError,
+    is_valid_uid,
+    read_dicom_file,
+    read_oct_volume,
+    truncation_reason,
+)
 from operators.pdf_report import build_pdf_report
+from operators.pdf_report import load_tables as load_report_tables
 from operators.seg import build_seg
 from operators.sr import build_sr
 
@@ -43,13 +55,35 @@ MAIN_STEPS = ("load", "preprocess", "inference", "postprocess", "write")
 
 _CHATTY_LOGGERS = ("highdicom", "fontTools", "matplotlib", "PIL")
 
+IDENTIFYING_ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+"""A result is written only for a source that has these (valid UIDs): they place it in its
+study and reference the volume it was computed from."""
+
+# pydicom's validation messages quote the offending value ("Invalid value for VR PN: '...'.");
+# the value of a patient's name or ID must not reach a log.
+_QUOTED_VALUE = re.compile(r"(Invalid value for VR \w+): .*?\.(?= Please see|$)", re.DOTALL)
+# Library warnings whose text carries patient data: highdicom quotes a one-component patient
+# name; matplotlib names each character of the report that its font lacks (a CJK name).
+_IDENTIFYING_WARNINGS = (
+    r"The string .* is unlikely to represent the intended person name",
+    r"Glyph \d+ .* missing from font",
+    r"Invalid value for VR",  # also logged by pydicom, redacted by the filter below
+)
+
 
 def warm_up() -> None:
-    """Pay one-time costs at start-up instead of in the first volume's write time.
+    """Pay one-time costs at start-up instead of in the first volume's times.
 
     highdicom reads the standard's IOD and module tables (JSON, about 0.35 s) on first use and
-    caches them; loading them here keeps per-volume timings honest. Harmless if highdicom's
-    private helpers change: the first volume then pays instead.
+    caches them; the report loads its colour table and font metrics. Loading them here keeps
+    per-volume timings honest. Harmless if highdicom's private helpers change: the first volume
+    then pays instead.
+
+    Last, the objects made so far (about half a million: torch, MONAI, holoscan, the model) are
+    collected once and frozen out of the garbage collector (:func:`gc.freeze`): otherwise a full
+    collection walks them all, about 0.17 s, inside whichever volume's step triggers it (measured
+    on a 2-core EPYC; frozen, a full collection takes about 5 ms). Call it after the model is
+    loaded.
     """
     try:
         from highdicom import _standard_utils as tables
@@ -58,13 +92,37 @@ def warm_up() -> None:
             getattr(tables, name)()
     except Exception:  # an optimisation only
         logger.debug("highdicom warm-up skipped", exc_info=True)
+    load_report_tables()
+    gc.collect()
+    gc.freeze()
+
+
+class WithholdValues(logging.Filter):
+    """Replace the value pydicom quotes in a validation message by "(value withheld)"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _QUOTED_VALUE.sub(r"\1 (value withheld).", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
 
 
 def quiet_library_logs() -> None:
-    """Keep highdicom's per-module copy notes and fontTools' subsetting notes out of INFO logs."""
+    """Keep library noise and patient data out of the logs.
+
+    highdicom's per-module copy notes and fontTools' subsetting notes go below INFO; the library
+    messages that would quote a patient's name or ID are withheld (:data:`_IDENTIFYING_WARNINGS`,
+    :class:`WithholdValues` on pydicom's logger). Idempotent.
+    """
     for name in _CHATTY_LOGGERS:
         library = logging.getLogger(name)
         library.setLevel(max(library.getEffectiveLevel(), logging.WARNING))
+    pydicom_logger = logging.getLogger("pydicom")
+    if not any(isinstance(f, WithholdValues) for f in pydicom_logger.filters):
+        pydicom_logger.addFilter(WithholdValues())
+    for pattern in _IDENTIFYING_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 @dataclass
@@ -147,17 +205,26 @@ def load_model(bundle_dir: str | Path, device: str | None = None) -> Predictor:
 
 
 def read_instance(job: VolumeJob) -> VolumeJob:
-    """Read the whole file; when that fails keep the header, if any, for the result's references."""
+    """Read the file (large values deferred); an incomplete file keeps its header, without the
+    pixel data, for the result's references.
+
+    The file is read only if, all links resolved, it still lies inside the input folder: the
+    input may have changed since it was searched.
+    """
     start = time.perf_counter()
     logger.info("%s: loading", job.tag)
-    try:
-        job.dataset = pydicom.dcmread(job.path)
-    except Exception as exc:  # pydicom raises many types on broken files
-        job.reason = f"unreadable DICOM file ({exc})"
+    if job.input_root is not None and not is_inside(job.path, job.input_root):
+        job.reason = OUT_OF_FOLDER
+        job.dataset = None
+    else:
         try:
-            job.dataset = pydicom.dcmread(job.path, stop_before_pixels=True)
-        except Exception:  # nothing usable: the result names the file only
+            job.dataset = read_dicom_file(job.path)
+            job.reason = truncation_reason(job.dataset, job.path)
+        except (OCTVolumeError, OSError) as exc:
+            job.reason = getattr(exc, "reason", None) or f"unreadable file ({exc.strerror})"
             job.dataset = None
+        if job.reason is not None and job.dataset is not None and "PixelData" in job.dataset:
+            del job.dataset.PixelData  # unread (deferred); it may declare gigabytes
     job.add_time("load", time.perf_counter() - start)
     return job
 
@@ -165,12 +232,19 @@ def read_instance(job: VolumeJob) -> VolumeJob:
 def build_volume(job: VolumeJob) -> VolumeJob:
     """Decode and order the frames (:func:`operators.oct_volume.read_oct_volume`)."""
     if job.reason is not None or job.dataset is None:
+        if job.reason is not None:
+            logger.warning("%s: not assessable: %s", job.tag, job.reason)
         return job
     start = time.perf_counter()
     try:
         job.volume = read_oct_volume(job.dataset)
     except OCTVolumeError as exc:
         job.reason = exc.reason
+    except Exception as exc:  # read_oct_volume should raise nothing else: report it, go on
+        _log_failure(job, "reading the volume", exc)
+        job.reason = f"unexpected error reading the volume ({type(exc).__name__}: {exc})"
+    if job.volume is None and "PixelData" in job.dataset:
+        del job.dataset.PixelData  # the results need the header only; it may be large, or unread
     job.add_time("load", time.perf_counter() - start)
     if job.volume is not None:
         volume = job.volume
@@ -194,7 +268,7 @@ def preprocess(job: VolumeJob, predictor: Predictor) -> VolumeJob:
     try:
         job.tensor = predictor.prepare(job.volume.voxels, job.volume.laterality)
     except Exception as exc:  # a volume the model cannot take must not stop the others
-        logger.exception("%s: preprocessing failed", job.tag)
+        _log_failure(job, "preprocessing", exc)
         job.reason = f"preprocessing failed ({exc})"
     job.add_time("preprocess", time.perf_counter() - start)
     return job
@@ -212,7 +286,7 @@ def infer(job: VolumeJob, predictor: Predictor) -> VolumeJob:
         care = predictor.restore(care, volume.shape, volume.laterality)
         gradcam = predictor.restore(gradcam, volume.shape, volume.laterality)
     except Exception as exc:  # e.g. out of memory on one volume: report it, go on
-        logger.exception("%s: inference failed", job.tag)
+        _log_failure(job, "inference", exc)
         job.reason = f"inference failed ({exc})"
         job.add_time("inference", time.perf_counter() - start)
         return job
@@ -243,6 +317,25 @@ def infer(job: VolumeJob, predictor: Predictor) -> VolumeJob:
     return job
 
 
+def _log_failure(job: VolumeJob, step: str, exc: BaseException) -> None:
+    """One log line for an unexpected failure; the traceback only at DEBUG level."""
+    logger.error("%s: %s failed: %s: %s", job.tag, step, type(exc).__name__, exc)
+    logger.debug("%s: %s failed", job.tag, step, exc_info=exc)
+
+
+def missing_identity(dataset: Dataset) -> str | None:
+    """The first of :data:`IDENTIFYING_ATTRIBUTES` (and SOPClassUID) that ``dataset`` lacks or
+    holds as an invalid UID; ``None`` when all are there."""
+    for keyword in ("SOPClassUID", *IDENTIFYING_ATTRIBUTES):
+        try:
+            value = str(dataset.get(keyword, "") or "").strip()
+        except Exception:  # an unparseable value counts as missing
+            value = ""
+        if not is_valid_uid(value):
+            return keyword
+    return None
+
+
 def _outcome(job: VolumeJob) -> Prediction | str:
     return job.prediction if job.prediction is not None else str(job.reason)
 
@@ -260,6 +353,12 @@ def build_output(job: VolumeJob, kind: str, info: AlgorithmInfo) -> Dataset | No
     source = _source(job)
     if source is None or (kind == "seg" and job.prediction is None):
         return None
+    lacking = missing_identity(job.dataset)  # type: ignore[arg-type]
+    if lacking is not None:  # it could not be filed with its volume: write nothing
+        message = f"the source has no valid {lacking}; no result can reference it"
+        logger.warning("%s: no %s: %s", job.tag, kind, message)
+        job.errors[kind] = message
+        return None
     start = time.perf_counter()
     try:
         if kind == "sr":
@@ -275,7 +374,7 @@ def build_output(job: VolumeJob, kind: str, info: AlgorithmInfo) -> Dataset | No
         job.errors[kind] = f"{type(exc).__name__}: {exc}"
         dataset = None
     except Exception as exc:  # one failing writer must not lose the other results
-        logger.exception("%s: building the %s failed", job.tag, kind)
+        _log_failure(job, f"building the {kind}", exc)
         job.errors[kind] = f"{type(exc).__name__}: {exc}"
         dataset = None
     seconds = time.perf_counter() - start
@@ -294,11 +393,23 @@ def build_outputs(job: VolumeJob, info: AlgorithmInfo) -> VolumeJob:
 
 
 def output_folder_name(job: VolumeJob) -> str:
-    """The job's output sub-folder: the source SOPInstanceUID (a UID is a safe file name)."""
-    uid = str(job.dataset.get("SOPInstanceUID", "")) if job.dataset is not None else ""
-    if uid and all(c.isdigit() or c == "." for c in uid):
+    """The job's output sub-folder: the source SOPInstanceUID.
+
+    Only a well-formed UID (digits and dots, no empty component) is used as a name: "." or ".."
+    would put the files outside the output folder. Otherwise the file's name, made safe, plus a
+    hash of its path, so that two such files never share a folder.
+    """
+    uid = ""
+    if job.dataset is not None:
+        try:
+            uid = str(job.dataset.get("SOPInstanceUID", "") or "").strip()
+        except Exception:  # an unparseable value: use the file name
+            uid = ""
+    if is_valid_uid(uid):
         return uid
-    return job.path.stem or "volume"
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", job.path.stem).strip("_")[:40] or "volume"
+    digest = hashlib.sha256(str(job.path).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f"{stem}-{digest}"
 
 
 def save_outputs(job: VolumeJob, output_dir: str | Path) -> VolumeJob:
@@ -311,7 +422,7 @@ def save_outputs(job: VolumeJob, output_dir: str | Path) -> VolumeJob:
             folder.mkdir(parents=True, exist_ok=True)
             _atomic_write(path, functools.partial(dataset.save_as, enforce_file_format=True))
         except Exception as exc:  # disk full, permissions: record and go on
-            logger.exception("%s: writing %s failed", job.tag, path)
+            _log_failure(job, f"writing {path.name}", exc)
             job.errors[kind] = f"{type(exc).__name__}: {exc}"
             continue
         job.files[kind] = path.relative_to(output_dir).as_posix()
@@ -379,17 +490,37 @@ def result_entry(job: VolumeJob, info: AlgorithmInfo) -> dict[str, Any]:
 
 
 def write_results_json(
-    entries: list[dict[str, Any]], output_dir: str | Path, info: AlgorithmInfo
+    entries: list[dict[str, Any]],
+    output_dir: str | Path,
+    info: AlgorithmInfo,
+    skipped: list[dict[str, str]] | None = None,
 ) -> Path:
-    """(Re)write ``<output>/results.json``: ``{"application", "model", "results": [entries]}``."""
+    """(Re)write ``<output>/results.json``: ``{"application", "model", "results": [entries],
+    "skipped": [{"source_file", "reason"}]}`` (``skipped``: the input files not processed, see
+    :meth:`operators.dicom_input.InputScan.skipped_entries`; the key only when given)."""
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RESULTS_FILE
-    document = {
+    document: dict[str, Any] = {
         "application": {"name": info.app_name, "version": info.app_version},
         "model": {"name": info.model_name, "version": info.model_version},
         "results": entries,
     }
+    if skipped is not None:
+        document["skipped"] = skipped
+    text = json.dumps(document, indent=2) + "\n"
+    _atomic_write(path, lambda stream: stream.write(text.encode()))
+    return path
+
+
+def add_skipped_to_results(output_dir: str | Path, skipped: list[dict[str, str]]) -> Path | None:
+    """Add the ``skipped`` list to an existing results.json (after a graph run, whose results
+    operator writes the entries only); ``None`` if there is no results.json."""
+    path = Path(output_dir) / RESULTS_FILE
+    if not path.is_file():
+        return None
+    document = json.loads(path.read_text(encoding="utf-8"))
+    document["skipped"] = skipped
     text = json.dumps(document, indent=2) + "\n"
     _atomic_write(path, lambda stream: stream.write(text.encode()))
     return path
