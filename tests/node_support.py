@@ -5,9 +5,11 @@ in ``test_orthanc_e2e.py``)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +164,28 @@ def result_writer(calls: list[Path] | None = None):
         return entries
 
     return process
+
+
+#: Seconds :func:`stub_pipeline` holds a run after writing part of its output (unset: none).
+HOLD_ENV = "NODE_TEST_HOLD_S"
+
+
+def stub_pipeline(input_dir: Path, output_dir: Path) -> list[dict]:
+    """:func:`result_writer` as ``worker.process_function`` of a node run as a subprocess
+    (``node_support:stub_pipeline``, with ``tests/`` on ``PYTHONPATH``).
+
+    With ``NODE_TEST_HOLD_S`` set it first leaves a complete result and a truncated one in its
+    (still partial) output folder, then sleeps that long, so a test can kill the node mid-run
+    and check that neither file is ever sent.
+    """
+    hold = float(os.environ.get(HOLD_ENV) or 0)
+    if hold > 0:
+        ds = make_instance(sop_class_uid=SC_SOP_CLASS_UID, frames=1)
+        ds.save_as(output_dir / "early_result.dcm", enforce_file_format=True)
+        data = (output_dir / "early_result.dcm").read_bytes()
+        (output_dir / "truncated_result.dcm").write_bytes(data[: len(data) // 2])
+        time.sleep(hold)
+    return result_writer()(input_dir, output_dir)
 
 
 def node_config(tmp_path: Path, port: int, dest: Destination | None = None, **overrides):

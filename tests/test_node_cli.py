@@ -49,3 +49,15 @@ def test_status_and_retry(tmp_path):
     assert retried == {"requeued": ["j1"]}
     status = json.loads(_cli("--config", str(config), "status").stdout)
     assert status["jobs"][0]["state"] == PENDING and status["jobs"][0]["attempts"] == 0
+
+
+def test_unknown_processing_function_fails_start_in_one_line(tmp_path):
+    config = tmp_path / "node.yaml"
+    config.write_text(yaml.safe_dump({
+        "spool_dir": "spool", "port": 0,
+        "worker": {"process_function": "no_such_module:process", "warmup": False},
+    }))
+    run = _cli("--config", str(config))
+    assert run.returncode == 1
+    assert "node failed to start: ModuleNotFoundError" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -87,6 +87,7 @@ def test_allowed_callers_accept_strings_and_mappings():
         ({"worker": {"max_attempts": 0}}, "worker.max_attempts"),
         ({"tls": {"enabled": "yes"}}, "expected true or false"),
         ({"log_level": "LOUD"}, "unknown level"),
+        ({"worker": {"process_function": "tests/stub.py"}}, "not 'package.module:function'"),
     ],
 )
 def test_invalid_settings_are_named(data, message):

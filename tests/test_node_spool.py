@@ -93,6 +93,32 @@ def test_seal_moves_series_into_job_and_output_commit(tmp_path):
     assert spool.job_ids_on_disk() == []
 
 
+def test_output_files_are_flushed_before_they_are_published(tmp_path, monkeypatch):
+    # A power cut after the rename must not leave truncated results for the sender.
+    spool = Spool(tmp_path)
+    out = spool.new_output_dir("job1")
+    (out / "sub").mkdir()
+    (out / "a.dcm").write_bytes(b"a")
+    (out / "sub" / "b.pdf").write_bytes(b"b")
+    calls = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src, dst):
+        calls.append(("rename", str(src)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    spool.commit_output("job1")
+    rename_at = calls.index(("rename", str(out)))
+    flushed = {path for op, path in calls[:rename_at] if op == "fsync"}
+    assert {str(out / "a.dcm"), str(out / "sub" / "b.pdf"), str(out / "sub")} <= flushed
+
+
 def test_clean_partials_removes_crash_leftovers(tmp_path):
     spool = Spool(tmp_path)
     spool.write_instance("1.2", "1.2.1", b"complete")

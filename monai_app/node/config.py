@@ -8,6 +8,7 @@ default. Relative paths are resolved against the directory of the configuration 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+#: ``worker.process_function``: ``package.module:function`` (attribute paths allowed).
+_FUNCTION_SPEC_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 #: Ophthalmic Tomography Image Storage (PS3.4 B.5): the only SOP class the pipeline reads.
 OPT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.77.1.5.4"
@@ -89,6 +93,10 @@ class WorkerConfig:
     #: Run the pipeline once on a synthetic volume at start-up (before listening), so the first
     #: real series does not pay for the model load and the first graph run.
     warmup: bool = True
+    #: Processing function as ``package.module:function``, called like the pipeline as
+    #: ``process(input_dir, output_dir)``; None runs the glaucoma pipeline. Lets a real node
+    #: process run without the model (the crash tests run a stub) or run another pipeline.
+    process_function: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +223,9 @@ def _validate(config: NodeConfig) -> NodeConfig:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
+    spec = config.worker.process_function
+    if spec is not None and not _FUNCTION_SPEC_RE.fullmatch(spec):
+        raise ConfigError(f"worker.process_function: {spec!r} is not 'package.module:function'")
     if config.min_free_mb < 0 or config.worker.retry_delay_s < 0:
         raise ConfigError("min_free_mb and worker.retry_delay_s must be >= 0")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

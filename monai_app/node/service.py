@@ -23,7 +23,13 @@ from monai_app.node.jobqueue import DELIVERED, FAILED, PENDING, PROCESSED, Insta
 from monai_app.node.receiver import Receiver, SeriesState, SeriesTracker
 from monai_app.node.sender import Sender
 from monai_app.node.spool import Spool
-from monai_app.node.worker import ProcessFn, Worker, pipeline_process_fn, warm_up
+from monai_app.node.worker import (
+    ProcessFn,
+    Worker,
+    import_process_fn,
+    pipeline_process_fn,
+    warm_up,
+)
 
 LOG = logging.getLogger("monai_app.node")
 
@@ -158,7 +164,11 @@ class DicomNode:
         """
         process = self._process
         if process is None:
-            process = pipeline_process_fn(self.config.worker.model_path)
+            spec = self.config.worker.process_function
+            if spec is not None:
+                process = import_process_fn(spec)
+            else:
+                process = pipeline_process_fn(self.config.worker.model_path)
             if self.config.worker.warmup:
                 seconds = warm_up(process, self.spool.root / "warmup")
                 LOG.info("pipeline warmed up in %.1f s", seconds)

@@ -142,9 +142,23 @@ class Spool:
         return _mkdir_private(partial)
 
     def commit_output(self, job_id: str) -> Path:
-        """Publish a finished pipeline output: rename ``output.partial`` to ``output``."""
+        """Publish a finished pipeline output: rename ``output.partial`` to ``output``.
+
+        The pipeline writes its files without fsync, so they are flushed first: otherwise a
+        power cut could persist the rename but not the data, leaving truncated results in
+        ``output`` that the sender would deliver.
+        """
+        partial = self.partial_output_dir(job_id)
+        for folder, _, names in os.walk(partial):
+            for name in names:
+                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            fsync_dir(Path(folder))
         final = self.output_dir(job_id)
-        os.rename(self.partial_output_dir(job_id), final)
+        os.rename(partial, final)
         fsync_dir(self.job_dir(job_id))
         return final
 

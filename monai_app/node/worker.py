@@ -10,6 +10,7 @@ sender never sees half a result set.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import shutil
@@ -54,6 +55,22 @@ def pipeline_process_fn(model_path: Path | None = None) -> ProcessFn:
     # A series without any OCT volume will never succeed: fail it at once, no retries.
     process.permanent_errors = (NoOCTInputError,)  # type: ignore[attr-defined]
     return process
+
+
+def import_process_fn(spec: str) -> ProcessFn:
+    """The processing function named by ``worker.process_function`` (``package.module:name``).
+
+    Raises:
+        ImportError, AttributeError: the module or the function does not exist.
+        TypeError: the named object is not callable.
+    """
+    module_name, _, attribute = spec.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"worker.process_function {spec!r} is not callable")
+    return obj
 
 
 def warm_up(process: ProcessFn, workdir: Path) -> float:
