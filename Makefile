@@ -32,6 +32,7 @@ demo: $(VENV)/.runtime
 	$(RUN) $(PY) -m monai_app -i $(SAMPLE) -o $(OUTPUT)
 
 test: $(VENV)/.dev
+	@bash .ci/debian-tools.sh
 	$(PY) -m ruff check .
 	$(RUN) $(PY) -m pytest -q
 

@@ -21,6 +21,7 @@ from operators.steps import (
     preprocess,
     process_job,
     read_instance,
+    warm_up,
 )
 from tests.app_support import SHAPE, make_bundle, opt_dataset, save
 
@@ -144,3 +145,17 @@ def test_a_failing_output_is_recorded_and_the_others_are_written(tmp_path, predi
     assert entry["assessable"] is True
     assert "plane positions" in entry["errors"]["seg"]
     assert set(entry["outputs"]) == {"sr", "report"}
+
+
+def test_warm_up_freezes_the_start_up_objects_out_of_the_collector():
+    """After warm-up, a full collection no longer walks the start-up objects (torch, MONAI, the
+    model), which would otherwise cost about 0.17 s inside some volume's timed step."""
+    import gc
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        warm_up()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
