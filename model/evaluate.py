@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--device", default=None, help="torch device (default cuda if available)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="evaluate these weights instead of the bundle's: a model.train checkpoint "
+                        "(e.g. runs/aicnet3d_demo/stage1_best.pt, the model before stage 2)")
     return p
 
 
@@ -204,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     net, meta = load_bundle(args.bundle, device=device)
+    if args.checkpoint is not None:
+        checkpoint = torch.load(args.checkpoint, map_location=device, weights_only=False)
+        net.load_state_dict(checkpoint.get("state_dict", checkpoint))
     shape = tuple(args.shape) if args.shape else meta.input_grid
     logger.info("generating %d phantoms (seed %d, shape %s)", args.phantoms, args.seed, shape)
     samples = phantom_samples(args.phantoms, args.seed, shape=shape)
@@ -214,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         title=f"{meta.name} {meta.version}: {args.phantoms} phantoms, seed {args.seed}",
     )
     report["bundle"] = {"name": meta.name, "version": meta.version, "path": str(args.bundle)}
+    if args.checkpoint is not None:
+        report["checkpoint"] = str(args.checkpoint)
     report["phantoms"] = {"count": args.phantoms, "seed": args.seed, "shape": list(shape)}
     if args.out is not None:
         (args.out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -159,6 +159,18 @@ def test_cli_phantoms_with_bundle_and_evaluate(tmp_path, capsys):
     assert report["interpretability"]["n_glaucoma_phantoms"] == 3
     assert (out / "evaluation.png").is_file()
     assert "| auroc |" in capsys.readouterr().out
+    # --checkpoint evaluates the stage-1 weights (the model before fine-tuning) on the same set.
+    out1 = tmp_path / "eval_stage1"
+    assert evaluate_cli.main(["--bundle", str(bundle), "--phantoms", "6", "--seed", "99",
+                              "--out", str(out1), "--resamples", "50",
+                              "--checkpoint", str(run_dir / "stage1_best.pt")]) == 0
+    stage1 = json.loads((out1 / "evaluation.json").read_text())
+    assert stage1["checkpoint"].endswith("stage1_best.pt")
+    probabilities = [
+        [json.loads(line)["probability"] for line in (d / "evaluation_per_volume.jsonl").open()]
+        for d in (out, out1)
+    ]
+    assert probabilities[0] != probabilities[1]
 
 
 def test_cli_is_reproducible(tmp_path):
