@@ -134,7 +134,8 @@ def timed_alternating(
     return times
 
 
-def _summary(times: dict[str, list[float]]) -> dict[str, dict]:
+def latency_summary(times: dict[str, list[float]]) -> dict[str, dict]:
+    """Median, minimum and all samples (ms) of each timed function."""
     return {
         name: {
             "median_ms": statistics.median(t),
@@ -178,7 +179,7 @@ def worker(config: dict) -> dict:
     ratios = [e / f for f, e in zip(times["forward"], times["explain"], strict=True)]
     result = {
         "threads": torch.get_num_threads(),
-        "latency": _summary(times),
+        "latency": latency_summary(times),
         "explain_over_forward": statistics.median(times["explain"])
         / statistics.median(times["forward"]),
         "explain_over_forward_paired_median": statistics.median(ratios),
@@ -257,14 +258,14 @@ def study(
             h = torch.randn(1, channels, *(s // 2 for s in block_grid))
             out[f"attention_block_stage1_{label}"] = {
                 "tokens": h[0, 0].numel(),
-                **_summary(
+                **latency_summary(
                     timed_alternating(
                         {k: block_call(h, *v) for k, v in settings.items()}, repeats, "cpu"
                     )
                 ),
             }
             del h
-        out["attention_forward"] = _summary(
+        out["attention_forward"] = latency_summary(
             timed_alternating({k: net_call(*v) for k, v in settings.items()}, repeats, "cpu")
         )
         set_algorithm(net, "gram", default_tile)
@@ -275,7 +276,7 @@ def study(
     # 2. Memory format: channels_last_3d weights and input vs the default contiguous layout.
     net_cl = build(variant, grid, channels).to(memory_format=torch.channels_last_3d)
     x_cl = x.contiguous(memory_format=torch.channels_last_3d)
-    out["memory_format"] = _summary(
+    out["memory_format"] = latency_summary(
         timed_alternating(
             {"contiguous": fwd(net, x), "channels_last_3d": fwd(net_cl, x_cl)}, repeats, "cpu"
         )
@@ -288,7 +289,7 @@ def study(
             start = time.perf_counter()
             fwd(compiled, x)()
             compile_s = time.perf_counter() - start
-            out["torch_compile"] = _summary(
+            out["torch_compile"] = latency_summary(
                 timed_alternating(
                     {"eager": fwd(net, x), "compiled": fwd(compiled, x)}, repeats, "cpu"
                 )
@@ -324,7 +325,9 @@ def study_all(args: argparse.Namespace, wait_policy: str | None) -> dict:
             measured = run_worker({**base, "task": "measure", "threads": n}, policy)
             if "latency" in measured:
                 runs[name] += measured["latency"]["forward"]["all_ms"]
-    out["threads_and_wait_policy_forward"] = _summary({k: v for k, v in runs.items() if v})
+    out["threads_and_wait_policy_forward"] = latency_summary(
+        {k: v for k, v in runs.items() if v}
+    )
     out["decisions"] = decisions(out, args.threads)
     out["adopted"] = {
         "attention": "gram, tiled (library default): the attention block is timed alone because "

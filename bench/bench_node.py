@@ -133,7 +133,8 @@ def _delivered(node: NodeProcess, series_uid: str):
     return _events(node, series_uid).get("delivered")
 
 
-def _rss_mb(pid: int) -> dict[str, float]:
+def memory_mb(pid: int) -> dict[str, float]:
+    """Current (``VmRSS``) and peak (``VmHWM``) resident set size of process ``pid`` in MiB."""
     values = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(("VmRSS", "VmHWM")):
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "latency_s": summary([e["delivered"]["t"] - e["received"]["t"]
                                       for e in events]),
             }
-        memory = _rss_mb(node.proc.pid)
+        memory = memory_mb(node.proc.pid)
         audit = read_audit(node.audit_path)
         failures = [e for e in audit if e["event"] in ("failed", "retry", "send_failed")]
         result = {
