@@ -50,8 +50,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(config: NodeConfig) -> int:
     """Run the node in the foreground until SIGTERM/SIGINT."""
+    from monai_app.node.memory import limit_malloc_arenas
     from monai_app.node.service import DicomNode
 
+    limit_malloc_arenas()  # before the receiver's threads exist
     node = DicomNode(config)
 
     def on_signal(signum: int, _frame: object) -> None:
