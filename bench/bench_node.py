@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -41,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from orthanc_harness import NodeProcess, Orthanc, store_files, wait_for  # noqa: E402
 
+from bench.bench_model import machine as bench_model_machine  # noqa: E402
 from monai_app.node.audit import read_audit  # noqa: E402
 
 DEMO_BUNDLE = REPO / "model" / "bundles" / "aicnet3d_demo"
@@ -66,23 +65,6 @@ def summary(values: list[float]) -> dict[str, float]:
         "min": round(min(values), 4),
         "max": round(max(values), 4),
         "mean": round(statistics.fmean(values), 4),
-    }
-
-
-def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu or platform.processor(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
     }
 
 
@@ -212,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         audit = read_audit(node.audit_path)
         failures = [e for e in audit if e["event"] in ("failed", "retry", "send_failed")]
         result = {
-            "machine": machine(),
+            "machine": bench_model_machine(),
             "model": str(args.model),
             "model_version": next((e.get("model_version") for e in audit
                                    if e["event"] == "finished"), None),

@@ -35,9 +35,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +49,7 @@ from node_support import (
     make_instance,
     store,
 )
+from orthanc_harness import wait_for
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -64,18 +63,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 STORED = 0x0000
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Poll ``predicate`` until it is truthy (returned) or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Pacs(Destination):
@@ -143,7 +130,7 @@ class NodeProcess:
                 pytest.fail(f"node exited with {self.proc.returncode}:\n{self.log_tail()}")
             return echo(self.port) == STORED
 
-        wait_for(ready, "the node to answer C-ECHO", timeout=30)
+        wait_for(ready, 30, 0.02, "the node to answer C-ECHO")
 
     def kill(self) -> None:
         """SIGKILL: no handler runs, nothing is flushed or cleaned up."""
@@ -242,7 +229,7 @@ class Harness:
     def finish(self, series: dict[str, int]) -> tuple[list[Dataset], list[dict[str, Any]]]:
         """Wait for every series (study UID -> instances sent) to be delivered, stop the node
         cleanly, check the queue, the spool and what arrived; returns (results, jobs)."""
-        wait_for(lambda: len(self.events("delivered")) >= len(series), "delivery")
+        wait_for(lambda: len(self.events("delivered")) >= len(series), 20, 0.02, "delivery")
         assert self.node.terminate() == 0, self.node.log_tail()
         table = self.status()
         assert table["counts"] == {**dict.fromkeys(STATES, 0), DELIVERED: len(series)}
@@ -353,7 +340,7 @@ def test_kill_while_processing(harness):
     truncated = wait_for(
         lambda: next((harness.spool / "jobs").glob("*/output.partial/truncated_result.dcm"),
                      None),
-        "the pipeline to be half-way")
+        20, 0.02, "the pipeline to be half-way")
     early_uid = dcmread(truncated.with_name("early_result.dcm")).SOPInstanceUID
     assert [e["event"] for e in harness.events()][-1] == "started"
     harness.node.kill()
