@@ -45,6 +45,9 @@ def stage(out: Path, bundle: Path = DEFAULT_BUNDLE, torch: str = "cpu") -> dict[
     out = Path(out)
     if not (bundle / "configs" / "metadata.json").is_file():
         raise FileNotFoundError(f"no model bundle (configs/metadata.json) at {bundle}")
+    resolved = out.resolve()
+    if resolved in (REPO, *REPO.parents) or resolved in (Path.home(), Path("/")):
+        raise ValueError(f"refusing to replace {resolved}: stage into an empty or build folder")
     shutil.rmtree(out, ignore_errors=True)
     app = out / "app"
     app.mkdir(parents=True)

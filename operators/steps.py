@@ -141,6 +141,8 @@ class VolumeJob:
         outputs: output kind ("sr", "seg", "report") -> Dataset.
         files: output kind -> path relative to the output folder.
         errors: step or output kind -> error message, for outputs that failed.
+        unwritten: output kinds built but not written (disk full, permissions): transient,
+            unlike a build failure, so the DICOM node retries the job.
         timings: step -> seconds.
     """
 
@@ -156,6 +158,7 @@ class VolumeJob:
     outputs: dict[str, Dataset] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    unwritten: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -424,6 +427,7 @@ def save_outputs(job: VolumeJob, output_dir: str | Path) -> VolumeJob:
         except Exception as exc:  # disk full, permissions: record and go on
             _log_failure(job, f"writing {path.name}", exc)
             job.errors[kind] = f"{type(exc).__name__}: {exc}"
+            job.unwritten.append(kind)
             continue
         job.files[kind] = path.relative_to(output_dir).as_posix()
     seconds = time.perf_counter() - start
@@ -486,6 +490,8 @@ def result_entry(job: VolumeJob, info: AlgorithmInfo) -> dict[str, Any]:
     }
     if job.errors:
         entry["errors"] = dict(job.errors)
+    if job.unwritten:
+        entry["unwritten"] = list(job.unwritten)
     return entry
 
 

@@ -346,3 +346,85 @@ def test_crash_between_sealing_and_queueing_loses_nothing(tmp_path, dest):
     assert sorted(str(d.StudyInstanceUID) for d in dest.received) == sorted(
         [str(ds.StudyInstanceUID), str(other.StudyInstanceUID)])
     assert node.spool.job_ids_on_disk() == [] and node.spool.incoming_series() == []
+
+
+def test_results_not_written_are_retried_not_sent_short(tmp_path, dest):
+    """A pipeline run whose results could not all be written (disk full) is a failed attempt:
+    the node never marks the series answered with results missing, and keeps its input."""
+    write = result_writer()
+
+    def disk_full_for_the_seg(input_dir, output_dir):
+        entries = write(input_dir, output_dir)
+        return [{**e, "unwritten": ["seg"]} for e in entries]
+
+    config = node_config(tmp_path, port=0, dest=dest)
+    node = _start(config, disk_full_for_the_seg)
+    try:
+        store(node.receiver.port, [make_instance()])
+        assert _wait(lambda: node.queue.counts()[FAILED] == 1)
+    finally:
+        node.stop()
+    job = job_table(config)["jobs"][0]
+    assert job["reason"] == "OutputNotWrittenError: results not written: seg"
+    assert dest.received == []
+    assert any((config.spool_dir / "jobs" / job["id"]).rglob("*.dcm"))  # input kept for retry
+
+
+def test_no_result_file_fails_the_job_instead_of_delivering_nothing(tmp_path, dest):
+    config = node_config(tmp_path, port=0, dest=dest)
+    node = _start(config, lambda input_dir, output_dir: [])
+    try:
+        store(node.receiver.port, [make_instance()])
+        assert _wait(lambda: node.queue.counts()[FAILED] == 1)
+    finally:
+        node.stop()
+    assert job_table(config)["jobs"][0]["reason"] == "the pipeline wrote no result file"
+    assert DELIVERED not in [e["state"] for e in job_table(config)["jobs"]]
+
+
+def test_an_unreadable_result_does_not_block_later_jobs(tmp_path, dest):
+    """A result file that is not DICOM fails its own job after the delivery attempts; the next
+    series is delivered meanwhile."""
+    write = result_writer()
+    calls = []
+
+    def first_one_broken(input_dir, output_dir):
+        calls.append(input_dir)
+        if len(calls) == 1:
+            (output_dir / "broken.dcm").write_bytes(b"not DICOM at all")
+            return [{"series_instance_uid": "1.2.3", "outputs": ["broken.dcm"]}]
+        return write(input_dir, output_dir)
+
+    config = node_config(tmp_path, port=0, dest=dest)
+    node = _start(config, first_one_broken)
+    try:
+        store(node.receiver.port, [make_instance()])
+        assert _wait(lambda: len(calls) == 1)
+        store(node.receiver.port, [make_instance()])
+        assert _wait(lambda: node.queue.counts()[DELIVERED] == 1
+                     and node.queue.counts()[FAILED] == 1)
+    finally:
+        node.stop()
+    assert len(dest.received) == 1
+    failed = next(j for j in job_table(config)["jobs"] if j["state"] == FAILED)
+    assert "broken.dcm" in failed["reason"] or "DICOM" in failed["reason"]
+
+
+def test_spool_error_outside_the_pipeline_does_not_strand_the_job(tmp_path, dest, monkeypatch):
+    """An I/O error in the worker's own bookkeeping (here: publishing the output) is a failed
+    attempt, never a job left "processing" until the next restart."""
+    from monai_app.node.spool import Spool
+
+    def no_space(self, job_id):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Spool, "commit_output", no_space)
+    config = node_config(tmp_path, port=0, dest=dest)
+    node = _start(config, result_writer())
+    try:
+        store(node.receiver.port, [make_instance()])
+        assert _wait(lambda: node.queue.counts()[FAILED] == 1)
+    finally:
+        node.stop()
+    assert "No space left on device" in job_table(config)["jobs"][0]["reason"]
+    assert dest.received == []

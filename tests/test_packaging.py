@@ -170,3 +170,12 @@ def test_staged_app_runs_like_the_map(tmp_path):
     assert len(results["results"]) == 2
     assert all(r["assessable"] for r in results["results"])
     assert len(list((tmp_path / "var" / "output").rglob("*.dcm"))) == 6
+
+
+@pytest.mark.parametrize("where", ["repo", "parent"])
+def test_staging_never_replaces_the_repository(where):
+    stage = _stage_module()
+    target = REPO if where == "repo" else REPO.parent
+    with pytest.raises(ValueError, match="refusing to replace"):
+        stage.stage(target)
+    assert (REPO / "README.md").is_file()

@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from monai_app.node.config import ConfigError, NodeConfig, load_config
@@ -54,12 +55,18 @@ def run(config: NodeConfig) -> int:
     from monai_app.node.service import DicomNode
 
     limit_malloc_arenas()  # before the receiver's threads exist
-    node = DicomNode(config)
+    try:
+        node = DicomNode(config)  # opens the spool and its queue
+    except Exception as exc:  # noqa: BLE001  (unwritable spool, corrupt queue: one clear line)
+        LOG.error("node failed to start: %s: %s", type(exc).__name__, exc)
+        LOG.debug("start-up traceback", exc_info=True)
+        return 1
 
     def on_signal(signum: int, _frame: object) -> None:
         LOG.info("received %s: finishing the current job, then stopping",
                  signal.Signals(signum).name)
-        node.request_stop()
+        # Not inline: the main thread may hold the lock of an Event that request_stop sets.
+        threading.Thread(target=node.request_stop, name="stop-request", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -87,6 +87,12 @@ class Sender:
             LOG.error("job %s: %s", job.id, reason)
             return False
         files = result_files(output)
+        if not files:  # never report a series as answered when nothing was sent
+            reason = "the pipeline wrote no result file"
+            self.queue.fail(job.id, reason)
+            self.audit.write("failed", job_id=job.id, stage="delivery", reason=reason)
+            LOG.error("job %s: %s", job.id, reason)
+            return False
         done = self.queue.delivered_files(job.id)
         todo = [f for f in files if f.relative_to(output).as_posix() not in done]
         start = time.perf_counter()
@@ -95,6 +101,9 @@ class Sender:
                 self._send(job, output, todo)
         except SendError as exc:
             self._delivery_failed(job, str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001  (an unreadable result must not block the queue)
+            self._delivery_failed(job, f"{type(exc).__name__}: {exc}")
             return False
         send_s = time.perf_counter() - start
         self.queue.mark_delivered(job.id)

@@ -22,12 +22,16 @@ from typing import Any
 
 from monai_app.node.audit import AuditLog
 from monai_app.node.config import NodeConfig
-from monai_app.node.jobqueue import Job, JobQueue
+from monai_app.node.jobqueue import PROCESSING, Job, JobQueue
 from monai_app.node.spool import Spool
 
 LOG = logging.getLogger("monai_app.node.worker")
 
 ProcessFn = Callable[[Path, Path], "list[dict[str, Any]] | None"]
+
+
+class OutputNotWrittenError(RuntimeError):
+    """The pipeline ran but could not write some results (e.g. disk full)."""
 
 #: Result-entry keys copied into the audit log and ``status`` output (no patient identifiers).
 SAFE_ENTRY_KEYS = (
@@ -38,6 +42,7 @@ SAFE_ENTRY_KEYS = (
     "laterality",
     "assessable",
     "reason",
+    "unwritten",
     "model_name",
     "model_version",
 )
@@ -199,7 +204,14 @@ class Worker:
         job = self.queue.claim_for_processing()
         if job is None:
             return False
-        self._process(job)
+        try:
+            self._process(job)
+        except Exception as exc:  # noqa: BLE001  (spool, queue or audit I/O outside the pipeline)
+            current = self.queue.get(job.id)
+            if current.state == PROCESSING:  # a job is never left "processing"
+                self._failed(job, exc, 0.0)
+            else:
+                LOG.error("job %s: after processing: %s", job.id, _short_reason(exc))
         return True
 
     def _process(self, job: Job) -> None:
@@ -215,6 +227,9 @@ class Worker:
             if entries is None:
                 entries = _read_results(output)
             entries = [dict(e) for e in entries]
+            unwritten = sorted({kind for e in entries for kind in e.get("unwritten", ())})
+            if unwritten:  # disk full, permissions: transient, so retry rather than send less
+                raise OutputNotWrittenError(f"results not written: {', '.join(unwritten)}")
         except Exception as exc:  # noqa: BLE001  (any pipeline failure is recorded on the job)
             if not self._interrupted(job):
                 self._failed(job, exc, time.perf_counter() - start)
