@@ -25,6 +25,7 @@ from operators.bundle_path import resolve_bundle
 from operators.dicom_input import NoOCTInputError, require_oct_input
 
 __all__ = [
+    "IncompleteRunError",
     "NoOCTInputError",
     "process_folder",
     "process_folder_direct",
@@ -32,6 +33,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class IncompleteRunError(RuntimeError):
+    """The graph stopped before every volume was processed (e.g. interrupted by a signal)."""
 
 STACK_LIMIT_BYTES = 32 * 1024 * 1024
 """Holoscan warns below a 32 MiB stack (``ulimit -s 32768``)."""
@@ -94,8 +99,13 @@ def process_folder(
         files=scan.files,
     )
     app.run()
+    results = app.results
+    if len(results) < len(scan.files):  # the graph was stopped early: never pass on a part
+        raise IncompleteRunError(
+            f"the run stopped after {len(results)} of {len(scan.files)} volumes"
+        )
     add_skipped_to_results(output_dir, scan.skipped_entries())
-    return app.results
+    return results
 
 
 def process_folder_direct(

@@ -271,15 +271,17 @@ def test_permanent_errors_fail_at_once(tmp_path, dest):
 
 
 def test_shutdown_during_a_run_requeues_the_job_uncounted(tmp_path, dest):
-    # Holoscan answers SIGTERM by interrupting its graph: the run returns early with partial
+    # A graph stopped early by a shutdown raises IncompleteRunError after writing part of the
     # results. Those must never be delivered; the job is processed again after the restart.
+    from monai_app.pipeline import IncompleteRunError
+
     config = node_config(tmp_path, port=0, dest=dest)
     holder = {}
 
     def interrupted(input_dir, output_dir):
         holder["node"].request_stop()  # what the signal handler does
         (output_dir / "partial.dcm").write_bytes(b"DICM")
-        return []
+        raise IncompleteRunError("the run stopped after 0 of 1 volumes")
 
     node = holder["node"] = _start(config, interrupted)
     store(node.receiver.port, [make_instance()])
@@ -428,3 +430,24 @@ def test_spool_error_outside_the_pipeline_does_not_strand_the_job(tmp_path, dest
         node.stop()
     assert "No space left on device" in job_table(config)["jobs"][0]["reason"]
     assert dest.received == []
+
+
+def test_a_run_that_completes_during_shutdown_is_kept(tmp_path, dest):
+    """SIGTERM while a run goes on: the run finishes (holoscan does not cut it short), and its
+    results are kept for delivery instead of being thrown away and computed again."""
+    config = node_config(tmp_path, port=0, dest=dest)
+    holder = {}
+    write = result_writer()
+
+    def completes(input_dir, output_dir):
+        holder["node"].request_stop()
+        return write(input_dir, output_dir)
+
+    node = holder["node"] = _start(config, completes)
+    store(node.receiver.port, [make_instance()])
+    assert _wait(lambda: node.stopping)
+    assert _wait(lambda: node.queue.counts()[PROCESSED] + node.queue.counts()[DELIVERED] == 1)
+    node.stop()
+    (job,) = job_table(config)["jobs"]
+    assert job["state"] in (PROCESSED, DELIVERED) and job["attempts"] == 1
+    assert "interrupted" not in [e["event"] for e in read_audit(config.audit_path)]

@@ -234,8 +234,8 @@ class Worker:
             if not self._interrupted(job):
                 self._failed(job, exc, time.perf_counter() - start)
             return
-        if self._interrupted(job):
-            return
+        # A run that returned is complete (an interrupted graph raises IncompleteRunError), so
+        # it is kept even when a stop was requested meanwhile.
         processing_s = time.perf_counter() - start
         self.spool.commit_output(job.id)
         version = model_version(entries)
@@ -258,10 +258,9 @@ class Worker:
         self.on_processed()
 
     def _interrupted(self, job: Job) -> bool:
-        """Whether a stop was requested while the pipeline ran. Holoscan answers SIGTERM/SIGINT
-        by interrupting its graph, and the run then returns with only part of the volumes done,
-        so the output is discarded and the job goes back to the queue (the attempt not counted).
-        """
+        """Whether a failed run failed because a stop was requested meanwhile (a graph stopped
+        early raises :class:`monai_app.pipeline.IncompleteRunError`): then the output is
+        discarded and the job goes back to the queue, the attempt not counted."""
         if self._stop is None or not self._stop.is_set():
             return False
         self.spool.new_output_dir(job.id)
