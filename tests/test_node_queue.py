@@ -111,3 +111,17 @@ def test_requeue_only_failed_jobs(queue):
     assert queue.get("a").state == PROCESSED
     with pytest.raises(ValueError):
         queue.requeue("a", DELIVERED)
+
+
+def test_reprocessing_forgets_what_the_old_results_delivered(queue):
+    """A failed job requeued for processing gets new results under the same file names; none of
+    them may be skipped as "already sent" because an old result was."""
+    _add(queue, "a")
+    queue.claim_for_processing()
+    queue.record_delivery("a", "x/sr.dcm", "1.2.3")
+    queue.fail("a", "half sent")
+    queue.requeue("a", PROCESSED)  # resend the same results: keep the record
+    assert queue.delivered_files("a") == {"x/sr.dcm"}
+    queue.fail("a", "again")
+    queue.requeue("a", PENDING)  # compute new results: forget it
+    assert queue.delivered_files("a") == set()

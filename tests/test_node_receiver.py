@@ -178,3 +178,19 @@ def test_dataset_roundtrip_helper_is_valid():
     ds.save_as(buf, enforce_file_format=True)
     assert dcmread(DicomBytesIO(buf.getvalue())).PatientID == PATIENT_ID
     assert free_port() > 0
+
+
+def test_a_series_that_cannot_be_sealed_yet_is_kept_and_retried():
+    now = [0.0]
+    tracker = SeriesTracker(1.0, clock=lambda: now[0])
+    tracker.begin("s")
+    tracker.end("s", stored=True)
+    now[0] = 2.0
+
+    def disk_full(key, state):
+        raise OSError(28, "No space left on device")
+
+    assert tracker.seal_due(disk_full) == []
+    assert tracker.pending() == 1  # not forgotten
+    assert tracker.seal_due(lambda k, st: None) == ["s"]
+    assert tracker.pending() == 0

@@ -370,3 +370,5 @@ class JobQueue:
                 " reason = NULL, updated_at = ? WHERE id = ? AND state = ?",
                 (state, now, job_id, FAILED),
             )
+            if state == PENDING:  # new results will replace the old: forget what was sent
+                db.execute("DELETE FROM deliveries WHERE job_id = ?", (job_id,))

@@ -99,15 +99,20 @@ class SeriesTracker:
             return len(self._series)
 
     def seal_due(self, seal: Callable[[str, SeriesState], None]) -> list[str]:
-        """Call ``seal(key, state)`` under the lock for every complete series; forget them."""
+        """Call ``seal(key, state)`` under the lock for every complete series and forget the
+        ones sealed; a series whose ``seal`` raised stays tracked and is tried again next time."""
         sealed = []
         with self._lock:
             now = self._clock()
             for key, state in list(self._series.items()):
                 quiet = now - state.last_arrival >= self.quiet_period_s
                 if state.inflight == 0 and quiet:
+                    try:
+                        seal(key, state)
+                    except OSError as exc:  # disk full, I/O error: keep it, try again later
+                        LOG.error("series %s: could not be queued yet: %s", key, exc)
+                        continue
                     del self._series[key]
-                    seal(key, state)
                     sealed.append(key)
         return sealed
 
