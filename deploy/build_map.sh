@@ -27,5 +27,8 @@ fi
 args=(package "$STAGE/app" -c app.yaml -m "$STAGE/models" -t "$TAG" --platform x86_64 -l INFO)
 # Offline or pinned artifact sources: a local copy of holoscan-cli's releases/4.2.0/artifacts.json.
 if [ -n "${SOURCE:-}" ]; then args+=(--source "$SOURCE"); fi
-"$(dirname "$PY")/monai-deploy" "${args[@]}"
+# The packager of the same environment as $PY (the venv's), else the one on PATH.
+packager="$(dirname "$PY")/monai-deploy"
+[ -x "$packager" ] || packager=monai-deploy
+"$packager" "${args[@]}"
 echo "Built ${TAG%%:*}-x64-workstation-dgpu-linux-amd64:${TAG##*:}"
