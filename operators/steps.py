@@ -514,9 +514,7 @@ def write_results_json(
     }
     if skipped is not None:
         document["skipped"] = skipped
-    text = json.dumps(document, indent=2) + "\n"
-    _atomic_write(path, lambda stream: stream.write(text.encode()))
-    return path
+    return _write_json(path, document)
 
 
 def add_skipped_to_results(output_dir: str | Path, skipped: list[dict[str, str]]) -> Path | None:
@@ -527,6 +525,11 @@ def add_skipped_to_results(output_dir: str | Path, skipped: list[dict[str, str]]
         return None
     document = json.loads(path.read_text(encoding="utf-8"))
     document["skipped"] = skipped
+    return _write_json(path, document)
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> Path:
+    """Write ``document`` as indented JSON, atomically (see :func:`_atomic_write`)."""
     text = json.dumps(document, indent=2) + "\n"
     _atomic_write(path, lambda stream: stream.write(text.encode()))
     return path

@@ -45,6 +45,16 @@ def _start(config, process):
     return node
 
 
+def _run_until_failed(config, process):
+    """Store one instance into a node running ``process``; return once its job has failed."""
+    node = _start(config, process)
+    try:
+        store(node.receiver.port, [make_instance()])
+        assert _wait(lambda: node.queue.counts()[FAILED] == 1)
+    finally:
+        node.stop()
+
+
 def test_series_is_processed_once_delivered_and_spool_cleaned(tmp_path, dest, caplog):
     caplog.set_level("DEBUG")
     calls = []
@@ -261,12 +271,7 @@ def test_permanent_errors_fail_at_once(tmp_path, dest):
 
     no_oct.permanent_errors = (NoOCT,)
     config = node_config(tmp_path, port=0, dest=dest)
-    node = _start(config, no_oct)
-    try:
-        store(node.receiver.port, [make_instance()])
-        assert _wait(lambda: node.queue.counts()[FAILED] == 1)
-    finally:
-        node.stop()
+    _run_until_failed(config, no_oct)
     assert len(calls) == 1  # not retried
 
 
@@ -360,12 +365,7 @@ def test_results_not_written_are_retried_not_sent_short(tmp_path, dest):
         return [{**e, "unwritten": ["seg"]} for e in entries]
 
     config = node_config(tmp_path, port=0, dest=dest)
-    node = _start(config, disk_full_for_the_seg)
-    try:
-        store(node.receiver.port, [make_instance()])
-        assert _wait(lambda: node.queue.counts()[FAILED] == 1)
-    finally:
-        node.stop()
+    _run_until_failed(config, disk_full_for_the_seg)
     job = job_table(config)["jobs"][0]
     assert job["reason"] == "OutputNotWrittenError: results not written: seg"
     assert dest.received == []
@@ -374,12 +374,7 @@ def test_results_not_written_are_retried_not_sent_short(tmp_path, dest):
 
 def test_no_result_file_fails_the_job_instead_of_delivering_nothing(tmp_path, dest):
     config = node_config(tmp_path, port=0, dest=dest)
-    node = _start(config, lambda input_dir, output_dir: [])
-    try:
-        store(node.receiver.port, [make_instance()])
-        assert _wait(lambda: node.queue.counts()[FAILED] == 1)
-    finally:
-        node.stop()
+    _run_until_failed(config, lambda input_dir, output_dir: [])
     assert job_table(config)["jobs"][0]["reason"] == "the pipeline wrote no result file"
     assert DELIVERED not in [e["state"] for e in job_table(config)["jobs"]]
 
@@ -422,12 +417,7 @@ def test_spool_error_outside_the_pipeline_does_not_strand_the_job(tmp_path, dest
 
     monkeypatch.setattr(Spool, "commit_output", no_space)
     config = node_config(tmp_path, port=0, dest=dest)
-    node = _start(config, result_writer())
-    try:
-        store(node.receiver.port, [make_instance()])
-        assert _wait(lambda: node.queue.counts()[FAILED] == 1)
-    finally:
-        node.stop()
+    _run_until_failed(config, result_writer())
     assert "No space left on device" in job_table(config)["jobs"][0]["reason"]
     assert dest.received == []
 
