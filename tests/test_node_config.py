@@ -72,6 +72,19 @@ def test_allowed_callers_accept_strings_and_mappings():
     assert config.allowed_callers == (AllowedCaller("A"), AllowedCaller("B", "10.0.0.1"))
 
 
+def test_padded_ae_titles_are_stripped():
+    """Peers' AE titles arrive stripped: a padded title in the file must still match them."""
+    config = parse_config({
+        "ae_title": " GLAUCOMA_AI ",
+        "allowed_callers": ["ORTHANC  ", {"ae_title": " B", "host": "10.0.0.1"}],
+        "destination": {"ae_title": "PACS ", "calling_ae_title": " AI_SCU"},
+    })
+    assert config.ae_title == "GLAUCOMA_AI"
+    assert config.allowed_callers == (AllowedCaller("ORTHANC"), AllowedCaller("B", "10.0.0.1"))
+    assert config.destination.ae_title == "PACS"
+    assert config.sending_ae_title == "AI_SCU"
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

@@ -95,9 +95,16 @@ def test_delivery_failures_back_off_then_fail(queue):
     assert queue.delivery_failed("a", "down", 100.0, max_attempts=2) == PROCESSED
     assert queue.due_for_delivery() == []  # waiting for the backoff
     assert queue.next_due(PROCESSED) > 0
+    # Due in 100 s: idle loops sleep their longest; no pending job: likewise.
+    assert queue.idle_wait(PROCESSED) == 1.0 and queue.idle_wait(PENDING, longest=2.5) == 2.5
     assert queue.delivery_failed("a", "still down", 0.0, max_attempts=2) == FAILED
     job = queue.get("a")
     assert job.state == FAILED and job.send_attempts == 2 and job.reason == "still down"
+    _add(queue, "b")
+    queue.claim_for_processing()
+    queue.mark_processed("b", [], 0.1, None)
+    queue.delivery_failed("b", "down", 0.3, max_attempts=2)
+    assert 0.01 <= queue.idle_wait(PROCESSED) <= 0.3  # wakes when "b" falls due
 
 
 def test_requeue_only_failed_jobs(queue):

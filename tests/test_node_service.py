@@ -11,6 +11,7 @@ from node_support import (
     PATIENT_ID,
     PATIENT_NAME,
     Destination,
+    echo,
     make_instance,
     make_tls_files,
     node_config,
@@ -441,3 +442,74 @@ def test_a_run_that_completes_during_shutdown_is_kept(tmp_path, dest):
     (job,) = job_table(config)["jobs"]
     assert job["state"] in (PROCESSED, DELIVERED) and job["attempts"] == 1
     assert "interrupted" not in [e["event"] for e in read_audit(config.audit_path)]
+
+
+def test_begin_stop_refuses_new_associations_and_finishes_the_current_job(tmp_path, dest):
+    """SIGTERM's first step: the listening socket closes at once, the running job completes."""
+    import threading
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        OphthalmicTomographyImageStorage,
+    )
+
+    release, started = threading.Event(), threading.Event()
+    writer = result_writer()
+
+    def slow(input_dir, output_dir):
+        started.set()
+        release.wait(10)
+        return writer(input_dir, output_dir)
+
+    config = node_config(tmp_path, port=0, dest=dest)
+    node = _start(config, slow)
+    try:
+        port = node.receiver.port
+        store(port, [make_instance()])
+        assert started.wait(10)
+        # An association opened before the stop request may still store.
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(OphthalmicTomographyImageStorage)
+        open_assoc = ae.associate("127.0.0.1", port, ae_title="MONAI-OCT")
+        assert open_assoc.is_established
+        node.begin_stop()
+        assert echo(port) is None  # no new association
+        late = make_instance()
+        assert int(open_assoc.send_c_store(late).Status) == 0
+        open_assoc.release()
+        release.set()
+        assert _wait(lambda: node.queue.counts()[PROCESSED] + node.queue.counts()[DELIVERED] == 1)
+    finally:
+        release.set()
+        node.stop()
+    # The late instance waits in the spool; the next start processes and delivers it.
+    assert len(node.spool.incoming_series()) == 1
+    node = _start(config, writer)
+    try:
+        assert _wait(lambda: len(dest.received) == 2)
+    finally:
+        node.stop()
+    assert str(late.StudyInstanceUID) in {str(ds.StudyInstanceUID) for ds in dest.received}
+
+
+def test_a_series_the_queue_refuses_is_queued_on_a_later_tick(tmp_path, dest, monkeypatch):
+    """A queue error right after sealing (database locked) must not park the series until restart."""
+    import sqlite3
+
+    config = node_config(tmp_path, port=0, dest=dest)
+    node = _start(config, result_writer())
+    add_job, failures = node.queue.add_job, []
+
+    def locked_once(*args, **kwargs):
+        if not failures:
+            failures.append(args[0])
+            raise sqlite3.OperationalError("database is locked")
+        return add_job(*args, **kwargs)
+
+    monkeypatch.setattr(node.queue, "add_job", locked_once)
+    try:
+        store(node.receiver.port, [make_instance()])
+        assert _wait(lambda: len(dest.received) == 1)
+        assert [job.id for job in node.queue.jobs()] == failures  # the same job, no restart
+    finally:
+        node.stop()

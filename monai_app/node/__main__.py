@@ -63,10 +63,11 @@ def run(config: NodeConfig) -> int:
         return 1
 
     def on_signal(signum: int, _frame: object) -> None:
-        LOG.info("received %s: finishing the current job, then stopping",
+        LOG.info("received %s: refusing new associations, finishing the current job, then "
+                 "stopping",
                  signal.Signals(signum).name)
         # Not inline: the main thread may hold the lock of an Event that request_stop sets.
-        threading.Thread(target=node.request_stop, name="stop-request", daemon=True).start()
+        threading.Thread(target=node.begin_stop, name="stop-request", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

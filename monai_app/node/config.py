@@ -198,14 +198,34 @@ def _build(cls: type, data: dict[str, Any], where: str, base: Path) -> Any:
     return cls(**kwargs)
 
 
+def _with_ae_titles_checked(config: NodeConfig) -> NodeConfig:
+    """The config with every AE title validated and stripped of padding spaces.
+
+    Peers' AE titles arrive stripped, so a padded title in the file would never match them.
+    """
+    destination = config.destination
+    calling = destination.calling_ae_title
+    return dataclasses.replace(
+        config,
+        ae_title=_check_ae_title(config.ae_title, "ae_title"),
+        destination=dataclasses.replace(
+            destination,
+            ae_title=_check_ae_title(destination.ae_title, "destination.ae_title"),
+            calling_ae_title=None if calling is None
+            else _check_ae_title(calling, "destination.calling_ae_title"),
+        ),
+        allowed_callers=tuple(
+            dataclasses.replace(
+                caller, ae_title=_check_ae_title(caller.ae_title, f"allowed_callers[{i}].ae_title")
+            )
+            for i, caller in enumerate(config.allowed_callers)
+        ),
+    )
+
+
 def _validate(config: NodeConfig) -> NodeConfig:
-    """Check value ranges and cross-field constraints."""
-    _check_ae_title(config.ae_title, "ae_title")
-    _check_ae_title(config.destination.ae_title, "destination.ae_title")
-    if config.destination.calling_ae_title is not None:
-        _check_ae_title(config.destination.calling_ae_title, "destination.calling_ae_title")
-    for i, caller in enumerate(config.allowed_callers):
-        _check_ae_title(caller.ae_title, f"allowed_callers[{i}].ae_title")
+    """Check value ranges and cross-field constraints; returns the normalised config."""
+    config = _with_ae_titles_checked(config)
     if not config.allowed_callers:
         raise ConfigError("allowed_callers: the allow-list is empty, so no PACS could connect")
     for key, port in (("port", config.port), ("destination.port", config.destination.port)):

@@ -219,6 +219,14 @@ class JobQueue:
         rows = self._query("SELECT MIN(not_before) AS t FROM jobs WHERE state = ?", (state,))
         return rows[0]["t"]
 
+    def idle_wait(self, state: str, longest: float = 1.0) -> float:
+        """Seconds an idle loop may sleep before a job in ``state`` falls due (at most
+        ``longest``, at least 10 ms); new work wakes the loops earlier through their events."""
+        due = self.next_due(state)
+        if due is None:
+            return longest
+        return min(longest, max(0.01, due - time.time()))
+
     # -- processing ----------------------------------------------------------------------------
 
     def claim_for_processing(self, now: float | None = None) -> Job | None:

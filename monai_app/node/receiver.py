@@ -135,6 +135,8 @@ class Receiver:
         self.audit = audit
         self._server = None
         self._ae: AE | None = None
+        # stop_listening (signal thread) and stop (main thread) may race.
+        self._life_lock = threading.Lock()
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -174,14 +176,20 @@ class Receiver:
             return self.config.port
         return self._server.server_address[1]
 
+    def stop_listening(self) -> None:
+        """Close the listening socket: no new association; those in progress go on."""
+        with self._life_lock:
+            server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+
     def stop(self) -> None:
-        """Stop accepting associations and close the listening socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
-        if self._ae is not None:
-            self._ae.shutdown()
-            self._ae = None
+        """Close the listening socket and abort any association still open."""
+        self.stop_listening()
+        with self._life_lock:
+            ae, self._ae = self._ae, None
+        if ae is not None:
+            ae.shutdown()
 
     # -- handlers ------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from pynetdicom import AE
 
 from monai_app.node.audit import AuditLog
 from monai_app.node.config import NodeConfig
-from monai_app.node.jobqueue import FAILED, Job, JobQueue
+from monai_app.node.jobqueue import FAILED, PROCESSED, Job, JobQueue
 from monai_app.node.spool import Spool
 from monai_app.node.tls import client_context
 
@@ -54,14 +54,8 @@ class Sender:
         """Deliver due jobs until ``stop`` is set."""
         while not stop.is_set():
             self.run_once(stop)
-            self.wake.wait(self._idle_wait())
+            self.wake.wait(self.queue.idle_wait(PROCESSED))
             self.wake.clear()
-
-    def _idle_wait(self) -> float:
-        due = self.queue.next_due("processed")
-        if due is None:
-            return 1.0
-        return min(1.0, max(0.01, due - time.time()))
 
     def run_once(self, stop: threading.Event | None = None) -> int:
         """Try every due job once; returns how many were delivered."""

@@ -56,6 +56,8 @@ class DicomNode:
         self.worker: Worker | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Sealed job folders not queued yet (the queue failed, e.g. locked): retried every tick.
+        self._unqueued: dict[str, tuple[float | None, float | None]] = {}
 
     # -- recovery and sealing ------------------------------------------------------------------
 
@@ -101,9 +103,17 @@ class DicomNode:
             sealed.append((job_id, state))
 
         self.tracker.seal_due(seal)
-        jobs = []
         for job_id, state in sealed:
-            if self._register(job_id, state.first_wall, state.last_wall) is not None:
+            self._unqueued[job_id] = (state.first_wall, state.last_wall)
+        jobs = []
+        for job_id, (first, last) in list(self._unqueued.items()):
+            try:
+                queued = self._register(job_id, first, last)
+            except Exception:  # noqa: BLE001  (kept in _unqueued: the next tick tries again)
+                LOG.exception("job %s: sealed but not queued yet; retrying", job_id)
+                continue
+            del self._unqueued[job_id]
+            if queued is not None:
                 jobs.append(job_id)
         if jobs and self.worker is not None:
             self.worker.wake.set()
@@ -210,6 +220,14 @@ class DicomNode:
         if self.worker is not None:
             self.worker.wake.set()
         self.sender.wake.set()
+
+    def begin_stop(self) -> None:
+        """On SIGTERM: ask every loop to finish and refuse new associations at once.
+
+        Associations already open go on until :meth:`stop`; the current job finishes.
+        """
+        self.request_stop()
+        self.receiver.stop_listening()
 
     @property
     def stopping(self) -> bool:

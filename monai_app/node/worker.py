@@ -22,7 +22,7 @@ from typing import Any
 
 from monai_app.node.audit import AuditLog
 from monai_app.node.config import NodeConfig
-from monai_app.node.jobqueue import PROCESSING, Job, JobQueue
+from monai_app.node.jobqueue import PENDING, PROCESSING, Job, JobQueue
 from monai_app.node.spool import Spool
 
 LOG = logging.getLogger("monai_app.node.worker")
@@ -190,14 +190,8 @@ class Worker:
         while not stop.is_set():
             if self.run_once():
                 continue
-            self.wake.wait(self._idle_wait())
+            self.wake.wait(self.queue.idle_wait(PENDING))
             self.wake.clear()
-
-    def _idle_wait(self) -> float:
-        due = self.queue.next_due("pending")
-        if due is None:
-            return 1.0
-        return min(1.0, max(0.01, due - time.time()))
 
     def run_once(self) -> bool:
         """Process the next due job, if any. Returns whether a job was processed."""
