@@ -285,9 +285,13 @@ def phantom_samples(
     shape: Sequence[int] = (64, 96, 56),
     glaucoma_fraction: float = 0.5,
     laterality: str = "both",
+    signs: Sequence[str] | None = None,
 ) -> list[Sample]:
-    """``count`` synthetic phantoms in memory; each phantom is its own patient."""
-    from model.phantoms import phantom_set
+    """``count`` synthetic phantoms in memory; each phantom is its own patient.
+
+    ``signs`` selects the glaucomatous signs (``model.phantoms.GLAUCOMA_SIGNS``, all by default).
+    """
+    from model.phantoms import GLAUCOMA_SIGNS, phantom_set
 
     return [
         Sample(
@@ -300,7 +304,8 @@ def phantom_samples(
             thinned_hemiretina=p.thinned_hemiretina,
         )
         for p in phantom_set(count, seed, shape=tuple(shape), glaucoma_fraction=glaucoma_fraction,
-                             laterality=laterality)
+                             laterality=laterality,
+                             signs=GLAUCOMA_SIGNS if signs is None else tuple(signs))
     ]
 
 

@@ -11,6 +11,9 @@ CLI (regenerates the README's metric table on a fresh phantom set)::
 
     python -m model.evaluate --bundle model/bundles/aicnet3d_demo --phantoms 200 --seed 20261128 \
         --out bench/results/demo_evaluation
+
+``--signs thinning`` (or ``cup``) evaluates on the same eyes with one glaucomatous sign only: a
+controlled check of which sign the model and its maps rely on.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 
 from model.data import OCTDataset, Sample
 from model.metrics import evaluate_predictions, plot_evaluation
+from model.phantoms import GLAUCOMA_SIGNS
 from model.transforms import resample_tensor
 
 logger = logging.getLogger("model.evaluate")
@@ -192,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--device", default=None, help="torch device (default cuda if available)")
+    p.add_argument("--signs", nargs="+", choices=GLAUCOMA_SIGNS, default=list(GLAUCOMA_SIGNS),
+                   help="glaucomatous signs of the phantoms (default: all, as in training)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="evaluate these weights instead of the bundle's: a model.train checkpoint "
                         "(e.g. runs/aicnet3d_demo/stage1_best.pt, the model before stage 2)")
@@ -212,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         net.load_state_dict(checkpoint.get("state_dict", checkpoint))
     shape = tuple(args.shape) if args.shape else meta.input_grid
     logger.info("generating %d phantoms (seed %d, shape %s)", args.phantoms, args.seed, shape)
-    samples = phantom_samples(args.phantoms, args.seed, shape=shape)
+    samples = phantom_samples(args.phantoms, args.seed, shape=shape, signs=args.signs)
     report = evaluate_model(
         net, samples, meta.input_grid, meta.intensity_normalisation, device=device,
         batch_size=args.batch_size, threshold=meta.threshold, n_resamples=args.resamples,
@@ -222,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["bundle"] = {"name": meta.name, "version": meta.version, "path": str(args.bundle)}
     if args.checkpoint is not None:
         report["checkpoint"] = str(args.checkpoint)
-    report["phantoms"] = {"count": args.phantoms, "seed": args.seed, "shape": list(shape)}
+    report["phantoms"] = {"count": args.phantoms, "seed": args.seed, "shape": list(shape),
+                          "signs": list(args.signs)}
     if args.out is not None:
         (args.out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))

