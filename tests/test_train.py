@@ -285,3 +285,16 @@ def test_phantom_signs_option_selects_the_training_phantoms():
     default, source = train.load_samples(train.parse_args(["--phantoms", "4", *TINY]))
     assert "signs" not in source  # the default leaves the bundle metadata as before
     assert any(s.thinned_hemiretina for s in default)
+
+
+def test_thinning_only_experiment_differs_from_the_demo_recipe_only_in_its_signs():
+    """The controlled experiment behind the README's interpretability figures."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    demo = vars(train.parse_args(["--config", str(root / "model/bundles/demo_training.yaml")]))
+    experiment = vars(train.parse_args(
+        ["--config", str(root / "bench/experiments/thinning_only_training.yaml")]))
+    differ = {key for key in demo if demo[key] != experiment[key]}
+    assert differ == {"config", "phantom_signs", "out", "bundle_out", "bundle_version"}
+    assert experiment["phantom_signs"] == ["thinning"]
