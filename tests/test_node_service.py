@@ -4,6 +4,8 @@ delivery, retries and backoff, failure bookkeeping, restart, duplicates, TLS, au
 from __future__ import annotations
 
 import shutil
+import sqlite3
+import threading
 import time
 
 import pytest
@@ -18,6 +20,8 @@ from node_support import (
     result_writer,
     store,
 )
+from pynetdicom import AE
+from pynetdicom.sop_class import OphthalmicTomographyImageStorage  # type: ignore[attr-defined]
 
 from monai_app.node.audit import read_audit
 from monai_app.node.jobqueue import DELIVERED, FAILED, PENDING, PROCESSED
@@ -446,13 +450,6 @@ def test_a_run_that_completes_during_shutdown_is_kept(tmp_path, dest):
 
 def test_begin_stop_refuses_new_associations_and_finishes_the_current_job(tmp_path, dest):
     """SIGTERM's first step: the listening socket closes at once, the running job completes."""
-    import threading
-
-    from pynetdicom import AE
-    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-        OphthalmicTomographyImageStorage,
-    )
-
     release, started = threading.Event(), threading.Event()
     writer = result_writer()
 
@@ -493,9 +490,7 @@ def test_begin_stop_refuses_new_associations_and_finishes_the_current_job(tmp_pa
 
 
 def test_a_series_the_queue_refuses_is_queued_on_a_later_tick(tmp_path, dest, monkeypatch):
-    """A queue error right after sealing (database locked) must not park the series until restart."""
-    import sqlite3
-
+    """A queue error just after sealing (database locked) must not park the series until restart."""
     config = node_config(tmp_path, port=0, dest=dest)
     node = _start(config, result_writer())
     add_job, failures = node.queue.add_job, []

@@ -178,10 +178,10 @@ class Receiver:
 
     def stop_listening(self) -> None:
         """Close the listening socket: no new association; those in progress go on."""
-        with self._life_lock:
+        with self._life_lock:  # held through shutdown: stop() must not shut the server twice
             server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
+            if server is not None:
+                server.shutdown()
 
     def stop(self) -> None:
         """Close the listening socket and abort any association still open."""
