@@ -3,6 +3,8 @@ duplicates, ignored SOP classes, out-of-resources answers."""
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 import time
 
 import pytest
@@ -19,9 +21,12 @@ from node_support import (
 )
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from monai_app.node.audit import read_audit
 from monai_app.node.receiver import SeriesTracker
+from monai_app.node.sender import Sender
 from monai_app.node.service import DicomNode
 
 
@@ -194,3 +199,40 @@ def test_a_series_that_cannot_be_sealed_yet_is_kept_and_retried():
     assert tracker.pending() == 1  # not forgotten
     assert tracker.seal_due(lambda k, st: None) == ["s"]
     assert tracker.pending() == 0
+
+
+def _no_delay(assoc) -> bool:
+    raw = assoc.dul.socket.socket
+    return raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_associations_switch_nagle_off_on_both_sides(node, tmp_path):
+    """Without TCP_NODELAY each C-STORE waits ~40 ms for the peer's delayed ACK."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.receiver.port, ae_title="MONAI-OCT")
+    try:
+        assert assoc.is_established
+        deadline = time.monotonic() + 5
+        while not node.receiver._ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [_no_delay(a) for a in node.receiver._ae.active_associations] == [True]
+        assert not _no_delay(assoc)  # the test's own client keeps pynetdicom's default
+    finally:
+        assoc.release()
+    # The sender's association to the destination (here: the node itself).
+    path = tmp_path / "result.dcm"
+    make_instance().save_as(path, enforce_file_format=True)
+    sender_config = dataclasses.replace(
+        node.config,
+        destination=dataclasses.replace(
+            node.config.destination, host="127.0.0.1", port=node.receiver.port,
+            ae_title="MONAI-OCT", calling_ae_title="TESTSCU",
+        ),
+    )
+    sender = Sender(sender_config, node.queue, node.spool, node.audit)
+    outgoing = sender._association([path])
+    try:
+        assert _no_delay(outgoing)
+    finally:
+        outgoing.release()

@@ -34,6 +34,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from monai_app.node.audit import AuditLog
 from monai_app.node.config import NodeConfig
 from monai_app.node.jobqueue import JobQueue
+from monai_app.node.sockets import NO_DELAY_HANDLER
 from monai_app.node.spool import Spool, safe_name
 from monai_app.node.tls import server_context
 
@@ -153,6 +154,7 @@ class Receiver:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            NO_DELAY_HANDLER,
         ]
         self._server = ae.start_server(
             (self.config.bind_address, self.config.port),

@@ -22,6 +22,7 @@ from pynetdicom import AE
 from monai_app.node.audit import AuditLog
 from monai_app.node.config import NodeConfig
 from monai_app.node.jobqueue import FAILED, PROCESSED, Job, JobQueue
+from monai_app.node.sockets import NO_DELAY_HANDLER
 from monai_app.node.spool import Spool
 from monai_app.node.tls import client_context
 
@@ -159,7 +160,8 @@ class Sender:
             ae.add_requested_context(sop_class, transfer_syntaxes)
         ctx = client_context(dest.tls)
         tls_args = None if ctx is None else (ctx, dest.tls.server_hostname or dest.host)
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args,
+                             evt_handlers=[NO_DELAY_HANDLER])
         if not assoc.is_established:
             what = "rejected" if assoc.is_rejected else "not established (no connection?)"
             raise SendError(
