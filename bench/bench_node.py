@@ -1,6 +1,7 @@
 """Benchmark of the DICOM node behind a real Orthanc (not a test; a few minutes on 2 cores).
 
-    .venv/bin/python -m bench.bench_node [--series 20] [--model model/bundles/aicnet3d_demo]
+    .venv/bin/python -m bench.bench_node [--series 20] [--model model/bundles/aicnet3d_demo |
+                                          --paper-size]
 
 Orthanc (``deploy/orthanc/`` configuration, OnStableSeries routing) and the node
 (``python -m monai_app.node``) run as subprocesses on loopback; the node is warm (its start-up
@@ -233,15 +234,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--series-burst", type=int, default=20,
                         help="series stored at once in the throughput phase (0: skip)")
     parser.add_argument("--model", type=Path, default=DEMO_BUNDLE)
+    parser.add_argument("--paper-size", action="store_true",
+                        help="an untrained network of the paper's size instead of --model "
+                             "(writes node_bench_paper_size.json by default)")
     parser.add_argument("--shape", type=int, nargs=3, default=(64, 128, 96),
                         metavar=("S", "D", "W"), help="native grid of the volumes")
     parser.add_argument("--quiet", type=float, default=3.0, help="node quiet period (s)")
     parser.add_argument("--stable-age", type=int, default=3, help="Orthanc StableAge (s)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_node"))
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "node_bench.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default bench/results/node_bench.json (node_bench_paper_size.json)")
     args = parser.parse_args(argv)
     if args.series < 1:
         parser.error("--series must be >= 1")
+    name = "node_bench_paper_size.json" if args.paper_size else "node_bench.json"
+    args.out = args.out or REPO / "bench" / "results" / name
+    if args.paper_size:
+        from bench.bench_app import paper_size_bundle
+
+        args.model = paper_size_bundle(args.workdir.parent / "bench_node_paper_size_bundle")
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
