@@ -65,7 +65,7 @@ class Phantom:
     Attributes:
         volume: uint8 ``(S, D, W)`` intensities, laterality-specific orientation.
         laterality: ``"R"`` (OD) or ``"L"`` (OS, mirror of OD along ``W``).
-        glaucoma: whether glaucomatous thinning was applied.
+        glaucoma: whether the eye is glaucomatous (its signs are in ``signs``).
         severity: thinning severity in [0, 1]; 0 for normal eyes.
         signs: the glaucomatous signs applied (a subset of :data:`GLAUCOMA_SIGNS`); empty for
             normal eyes.
@@ -384,7 +384,8 @@ def make_phantom(
     Args:
         seed: seed of ``np.random.default_rng``; the same seed gives the same eye (anatomy,
             acquisition, speckle) whatever ``glaucoma``, ``laterality`` and ``severity``.
-        glaucoma: apply glaucomatous RNFL/GCL-IPL thinning and cup enlargement.
+        glaucoma: make a glaucomatous eye (the signs in ``signs``: by default RNFL/GCL-IPL
+            thinning and cup enlargement).
         laterality: ``"R"`` (canonical) or ``"L"`` (mirror of the right eye along ``W``).
         shape: ``(S, D, W)`` grid over the fixed 9 x 2 x 12 mm field.
         severity: thinning severity in [0, 1] for glaucoma; drawn in [0.4, 1] when None. Ignored
