@@ -50,6 +50,16 @@ def _start(config, process):
     return node
 
 
+def _restart_until_delivered(config, jobs: int) -> DicomNode:
+    """Start a node on ``config`` and wait until ``jobs`` jobs are delivered; returns it stopped."""
+    node = _start(config, result_writer())
+    try:
+        assert _wait(lambda: node.queue.counts()[DELIVERED] == jobs)
+    finally:
+        node.stop()
+    return node
+
+
 def _run_until_failed(config, process):
     """Store one instance into a node running ``process``; return once its job has failed."""
     node = _start(config, process)
@@ -206,11 +216,7 @@ def test_restart_mid_delivery_sends_only_unconfirmed_files(tmp_path, dest):
     node.queue.record_delivery(job.id, first_file.name, "x")
     node.queue.close()
     node.audit.close()
-    node = _start(config, result_writer())
-    try:
-        assert _wait(lambda: node.queue.counts()[DELIVERED] == 2)
-    finally:
-        node.stop()
+    node = _restart_until_delivered(config, 2)
     assert len(dest.received) == 1  # job 1's only file was already confirmed
     delivered = [e for e in read_audit(config.audit_path) if e["event"] == "delivered"]
     assert sorted(e["sent_now"] for e in delivered) == [0, 1]
@@ -227,11 +233,7 @@ def test_interrupted_partial_output_is_never_sent(tmp_path, dest):
     partial = node.spool.new_output_dir(job.id)
     (partial / "half.dcm").write_bytes(b"DICM-truncated")
     node.stop()
-    node = _start(config, result_writer())
-    try:
-        assert _wait(lambda: node.queue.counts()[DELIVERED] == 1)
-    finally:
-        node.stop()
+    node = _restart_until_delivered(config, 1)
     assert len(dest.received) == 1 and dest.received[0].Modality == "OT"
     assert node.queue.path.exists()
 
@@ -301,11 +303,7 @@ def test_shutdown_during_a_run_requeues_the_job_uncounted(tmp_path, dest):
     assert (job["state"], job["attempts"], job["reason"]) == (
         PENDING, 0, "interrupted by shutdown")
     assert dest.received == []
-    node = _start(config, result_writer())
-    try:
-        assert _wait(lambda: node.queue.counts()[DELIVERED] == 1)
-    finally:
-        node.stop()
+    node = _restart_until_delivered(config, 1)
     assert len(dest.received) == 1 and dest.received[0].Modality == "OT"
     events = [e["event"] for e in read_audit(config.audit_path)]
     assert "interrupted" in events
@@ -350,11 +348,7 @@ def test_crash_between_sealing_and_queueing_loses_nothing(tmp_path, dest):
     spool.write_instance(str(other.SeriesInstanceUID), str(other.SOPInstanceUID),
                          buffer.getvalue())
     (spool.incoming / str(other.SeriesInstanceUID) / ".x.dcm.1.partial").write_bytes(b"DI")
-    node = _start(config, result_writer())
-    try:
-        assert _wait(lambda: node.queue.counts()[DELIVERED] == 2)
-    finally:
-        node.stop()
+    node = _restart_until_delivered(config, 2)
     assert sorted(str(d.StudyInstanceUID) for d in dest.received) == sorted(
         [str(ds.StudyInstanceUID), str(other.StudyInstanceUID)])
     assert node.spool.job_ids_on_disk() == [] and node.spool.incoming_series() == []
