@@ -2,7 +2,7 @@
 
 pynetdicom leaves Nagle's algorithm on. A C-STORE request goes out as two writes (the command
 PDU, then the data set PDUs) before the peer answers, so the second write waits for the peer's
-delayed ACK: about 40 ms per instance on Linux. ``TCP_NODELAY`` sends it at once.
+delayed ACK (up to 40 ms on Linux). ``TCP_NODELAY`` sends it at once.
 """
 
 from __future__ import annotations

@@ -41,13 +41,17 @@ def safe_name(uid: str) -> str:
     return "x" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:40]
 
 
-def fsync_dir(path: Path) -> None:
-    """Flush a directory entry change (create, rename, unlink) to disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync(path: Path | str, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry change (create, rename, unlink) to disk."""
+    _fsync(path, os.O_RDONLY | os.O_DIRECTORY)
 
 
 def atomic_write(path: Path, data: bytes | memoryview) -> None:
@@ -151,11 +155,7 @@ class Spool:
         partial = self.partial_output_dir(job_id)
         for folder, _, names in os.walk(partial):
             for name in names:
-                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _fsync(os.path.join(folder, name))
             fsync_dir(Path(folder))
         final = self.output_dir(job_id)
         os.rename(partial, final)
